@@ -1,0 +1,5 @@
+import sys
+
+from geomexpl.cli import main
+
+sys.exit(main())

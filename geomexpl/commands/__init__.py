@@ -1,0 +1,1 @@
+"""Sub-commands of the ``geomexpl`` CLI (see :mod:`geomexpl.cli`)."""

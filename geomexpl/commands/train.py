@@ -1,0 +1,38 @@
+"""Train zoo models (seeded) and store their weights in the cache or a chosen folder.
+
+The weights bundled with geomexpl were made with
+``geomexpl train --arch all --dataset all --out geomexpl/nets/pretrained``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from geomexpl import data
+from geomexpl.nets import weights, zoo
+
+HELP = "train zoo models and cache their weights"
+
+
+def configure(parser) -> None:
+    parser.add_argument("--arch", nargs="+", default=["all"], choices=zoo.ARCHS + ("all",),
+                        help="architectures to train")
+    parser.add_argument("--dataset", nargs="+", default=["digits"], choices=data.names() + ("all",),
+                        help="datasets to train on")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the weights (default: the user cache)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+
+
+def run(args) -> int:
+    archs = zoo.ARCHS if "all" in args.arch else args.arch
+    datasets = data.names() if "all" in args.dataset else args.dataset
+    for dataset in datasets:
+        spec = data.spec(dataset)
+        for arch in archs:
+            model = zoo.build(arch, spec.channels, spec.num_classes, spec.size)
+            meta = weights.train(model, dataset, epochs=weights.EPOCHS.get(arch, 30), seed=args.seed)
+            meta["arch"] = arch
+            path = weights.weight_path(arch, dataset, spec.size, args.out)
+            weights.save_weights(model, path, meta)
+            print(json.dumps({k: meta[k] for k in ("arch", "dataset", "test_accuracy", "train_seconds")}))
+    return 0

@@ -1,0 +1,9 @@
+"""Model zoo (plain torch), cached trained weights, and softplus_beta twins."""
+from geomexpl.nets.softplus import (SoftplusTwin, UnsupportedActivationError, beta_schedule,
+                                    check_activations, softplus_beta, softplus_twin, unwrap)
+from geomexpl.nets.weights import WeightFileError, cache_dir, load_weights, metadata, pretrained, save_weights
+from geomexpl.nets.zoo import ARCHS, build
+
+__all__ = ["ARCHS", "SoftplusTwin", "UnsupportedActivationError", "WeightFileError", "beta_schedule",
+           "build", "cache_dir", "check_activations", "load_weights", "metadata", "pretrained",
+           "save_weights", "softplus_beta", "softplus_twin", "unwrap"]

@@ -1,0 +1,138 @@
+"""Zoo weights: seeded training on first use, a user cache, and safe loading.
+
+Weight files hold only tensors and plain metadata and are read with ``torch.load(weights_only=True)``,
+so an untrusted file cannot run code. A corrupt, truncated or mismatched file raises
+:class:`WeightFileError` (``pretrained`` then retrains and replaces it); it is never used silently.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from geomexpl import data
+from geomexpl.nets import zoo
+
+FORMAT = 1
+BUNDLED_DIR = Path(__file__).with_name("pretrained")
+EPOCHS = {"mlp": 60}  # per-architecture training length; 30 epochs otherwise
+
+
+class WeightFileError(ValueError):
+    """A weight file that cannot be used: unreadable, unsafe, or not for this architecture."""
+
+
+def cache_dir() -> Path:
+    """``$GEOMEXPL_CACHE``, else ``$XDG_CACHE_HOME/geomexpl``, else ``~/.cache/geomexpl``."""
+    if os.environ.get("GEOMEXPL_CACHE"):
+        return Path(os.environ["GEOMEXPL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "geomexpl"
+
+
+def weight_path(arch: str, dataset: str, size: int, directory: Path | None = None) -> Path:
+    """Where the weights of a zoo model live in ``directory`` (default: the user cache)."""
+    return (directory or cache_dir()) / f"{arch}-{dataset}-{size}.pt"
+
+
+def save_weights(model: nn.Module, path: Path, meta: dict) -> None:
+    """Write atomically (temporary file, then rename): an interrupted save leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"format": FORMAT, "meta": meta, "state_dict": model.state_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> dict:
+    """Load ``path`` into ``model`` (strictly) and return its metadata; a bare state_dict is accepted."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file {path} does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip/pickle errors differ by failure; all mean "unusable file"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightFileError(f"weight file {path} is corrupt, truncated or unsafe to load: {reason}") from err
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightFileError(f"weight file {path} holds no state_dict of tensors")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise WeightFileError(f"weight file {path} does not fit {type(model).__name__}: {err}") from err
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise WeightFileError(f"weight file {path} has NaN/inf in {bad[:3]}")
+    return blob.get("meta", {}) if "state_dict" in blob else {}
+
+
+def train(model: nn.Module, dataset: str, epochs: int = 30, lr: float = 2e-3, batch_size: int = 64,
+          seed: int = 0, progress: bool = True) -> dict:
+    """Seeded Adam training with +-2 pixel random shifts; returns metadata incl. test accuracy."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    x, y = data.load(dataset, "train")
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * -(-len(x) // batch_size))
+    start = time.perf_counter()
+    model.train()
+    for _ in tqdm(range(epochs), desc=f"training {dataset}", unit="epoch", disable=not progress):
+        for idx in torch.randperm(len(x), generator=gen).split(batch_size):
+            shift = torch.randint(-2, 3, (2,), generator=gen).tolist()
+            xb = torch.roll(x[idx], shifts=shift, dims=(2, 3))
+            loss = nn.functional.cross_entropy(model(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    return {"dataset": dataset, "epochs": epochs, "seed": seed, "train_seconds": time.perf_counter() - start,
+            "test_accuracy": accuracy(model, dataset), "torch": str(torch.__version__)}
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, dataset: str, split: str = "test") -> float:
+    x, y = data.load(dataset, split)
+    return float((model(x).argmax(1) == y).float().mean())
+
+
+def pretrained(arch: str, dataset: str = "digits", weights: str | Path | None = None,
+               progress: bool = True, retrain: bool = False) -> nn.Module:
+    """A trained zoo model in eval mode with frozen parameters.
+
+    ``weights`` loads a user's file for this architecture (never retrained: errors are raised).
+    Otherwise the first usable file of the user cache (:func:`cache_dir`) and the weights bundled
+    with the package is loaded. Without one (or with ``retrain``) the model is trained, seeded, and
+    written atomically to the cache. An unusable cached file is reported and replaced.
+    """
+    spec = data.spec(dataset)
+    model = zoo.build(arch, spec.channels, spec.num_classes, spec.size)
+    if weights is not None:
+        load_weights(model, weights)
+        return model.eval().requires_grad_(False)
+    candidates = [] if retrain else [weight_path(arch, dataset, spec.size, d) for d in (cache_dir(), BUNDLED_DIR)]
+    for path in candidates:
+        try:
+            load_weights(model, path)
+            return model.eval().requires_grad_(False)
+        except FileNotFoundError:
+            continue
+        except WeightFileError as err:
+            print(f"geomexpl: {err}; ignoring it", file=sys.stderr)
+    meta = train(model, dataset, epochs=EPOCHS.get(arch, 30), progress=progress)
+    meta["arch"] = arch
+    save_weights(model, weight_path(arch, dataset, spec.size), meta)
+    return model.eval().requires_grad_(False)
+
+
+def metadata(arch: str, dataset: str = "digits", directory: Path | None = None) -> dict:
+    """The metadata (accuracy, training time, seed) stored with a zoo model's weights."""
+    spec = data.spec(dataset)
+    return load_weights(zoo.build(arch, spec.channels, spec.num_classes, spec.size),
+                        weight_path(arch, dataset, spec.size, directory))

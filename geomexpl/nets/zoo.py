@@ -1,0 +1,129 @@
+"""Small model zoo in plain torch, sized for 32x32 single-channel inputs (digits, faces).
+
+Each architecture keeps the defining structure of its namesake (supplement C): VGG-16's 13 3x3
+convolutions in five pooled stages and three dense layers, ResNet-18's eight basic blocks with
+residual additions, AlexNet's five convolutions with large early kernels and dropout head, and
+DenseNet's channel concatenation. Widths are scaled down so each trains in about a minute on 2 cores.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ARCHS = ("vgg", "resnet", "alexnet", "densenet", "mlp")
+
+
+def _conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+            nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+def vgg(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> nn.Sequential:
+    """VGG-16-style: 13 conv+BN+ReLU in 5 max-pooled stages, then 3 dense layers."""
+    plan = [1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8, "M"]
+    layers: list[nn.Module] = []
+    c = in_channels
+    for item in plan:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += _conv_bn_relu(c, width * item)
+            c = width * item
+    layers += [nn.Flatten(), nn.Linear(c, 128), nn.ReLU(), nn.Dropout(0.3),
+               nn.Linear(128, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def alexnet(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> nn.Sequential:
+    """AlexNet-style: 5 convolutions (5x5 first), 3 max-pools, a 3-layer dense head with dropout."""
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 2 * w, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(2 * w, 4 * w, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4 * w, 6 * w, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(6 * w, 6 * w, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(6 * w, 4 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.3), nn.Linear(4 * w * 16, 256), nn.ReLU(),
+        nn.Dropout(0.3), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, num_classes),
+    )
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(c_out))
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(out + self.shortcut(x))
+
+
+def resnet(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> nn.Sequential:
+    """ResNet-18-style: a 3x3 stem, four stages of two basic blocks, global average pooling."""
+    layers: list[nn.Module] = _conv_bn_relu(in_channels, width)
+    c = width
+    for stage, mult in enumerate((1, 2, 4, 8)):
+        for block in range(2):
+            stride = 2 if stage > 0 and block == 0 else 1
+            layers.append(BasicBlock(c, width * mult, stride))
+            c = width * mult
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
+    return nn.Sequential(*layers)
+
+
+class DenseLayer(nn.Module):
+    """DenseNet layer: concatenate the input with conv(relu(bn(x)))."""
+
+    def __init__(self, c_in: int, growth: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(c_in)
+        self.relu = nn.ReLU()
+        self.conv = nn.Conv2d(c_in, growth, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.conv(self.relu(self.bn(x)))], dim=1)
+
+
+def densenet(in_channels: int = 1, num_classes: int = 10, growth: int = 12) -> nn.Sequential:
+    """DenseNet-style: three dense blocks of four layers, transitions with 1x1 conv and avg-pooling."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, 2 * growth, 3, padding=1, bias=False)]
+    c = 2 * growth
+    for block in range(3):
+        for _ in range(4):
+            layers.append(DenseLayer(c, growth))
+            c += growth
+        if block < 2:
+            layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2)]
+            c //= 2
+    layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def mlp(in_channels: int = 1, num_classes: int = 10, size: int = 32) -> nn.Sequential:
+    """Three hidden ReLU layers on the flattened image."""
+    d = in_channels * size * size
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
+                         nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, num_classes))
+
+
+def build(arch: str, in_channels: int = 1, num_classes: int = 10, size: int = 32) -> nn.Module:
+    """An untrained zoo network by name (one of :data:`ARCHS`)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHS}")
+    if arch == "mlp":
+        return mlp(in_channels, num_classes, size)
+    if size != 32:
+        raise ValueError(f"the convolutional zoo models are sized for 32x32 inputs, got size {size}")
+    return {"vgg": vgg, "resnet": resnet, "alexnet": alexnet, "densenet": densenet}[arch](
+        in_channels, num_classes)

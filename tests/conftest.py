@@ -1,0 +1,39 @@
+"""Shared fixtures. Zoo weights come from the bundled files or a session cache (GEOMEXPL_CACHE)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    from geomexpl import data
+
+    return data.load("digits", "test")
+
+
+@pytest.fixture(scope="session")
+def vgg_digits():
+    from geomexpl import nets
+
+    return nets.pretrained("vgg", "digits", progress=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("default", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
