@@ -1,0 +1,37 @@
+"""The table of explanation methods: name -> function ``(model, x, target, **options) -> h``.
+
+A method function receives ``x`` that requires grad, the target classes as a [B] long tensor and
+the model to explain (a :class:`~geomexpl.nets.SoftplusTwin` when beta-smoothed). It returns the
+explanation h(x) with the shape of x, built from differentiable torch operations only.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+Method = Callable[..., torch.Tensor]
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str) -> Callable[[Method], Method]:
+    """Decorator adding a method function to :data:`METHODS` under ``name``."""
+    def add(fn: Method) -> Method:
+        if name in METHODS:
+            raise ValueError(f"explanation method {name!r} is registered twice")
+        METHODS[name] = fn
+        return fn
+    return add
+
+
+def target_logit(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """g_k(x) for each example: the logit of its target class, [B]."""
+    out = model(x)
+    return out.gather(1, target[:, None].to(out.device))[:, 0]
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """grad_x g_k(x), kept differentiable (create_graph) so the attack can back-propagate through it."""
+    (grad,) = torch.autograd.grad(target_logit(model, x, target).sum(), x, create_graph=True)
+    return grad
