@@ -147,6 +147,26 @@ def manipulation_figure(x, map_x, target_map, x_adv, map_adv, path=None, titles=
     return _save(fig, path)
 
 
+def explanations_figure(x, maps: Mapping, path=None, *, lower=0.0, upper=1.0) -> Figure:
+    """One row per image: the image, then its map for each method (red/blue heatmaps).
+
+    x: [N, C, H, W]; maps: method name -> [N, H, W].
+    """
+    x = _numpy(x, "x")
+    maps = {name: _numpy(m, name) for name, m in maps.items()}
+    for name, m in maps.items():
+        if m.shape != (x.shape[0], *x.shape[2:]):
+            raise ValueError(f"map {name!r} must be [N, H, W] = {(x.shape[0], *x.shape[2:])}, got {m.shape}")
+    cols = 1 + len(maps)
+    fig = _new_figure((cols * 1.5, x.shape[0] * 1.5 + 0.4))
+    axes = fig.subplots(x.shape[0], cols, squeeze=False)
+    for row in range(x.shape[0]):
+        image(axes[row, 0], x[row], lower=lower, upper=upper, title="image" if row == 0 else None)
+        for col, (name, m) in enumerate(maps.items(), start=1):
+            heatmap(axes[row, col], m[row], title=name if row == 0 else None)
+    return _save(fig, path)
+
+
 def _grouped(table, group_key: str, value_key: str) -> dict[str, np.ndarray]:
     if isinstance(table, Mapping):
         groups = {str(name): _numpy(values, f"table[{name!r}]").ravel() for name, values in table.items()}
