@@ -22,6 +22,7 @@ from geomexpl import metrics
 from geomexpl.attack.presets import loss_weights, preset
 from geomexpl.checks import channel_bounds, check_in_range, check_tensor
 from geomexpl.explain import METHODS, explain, relevance_map, resolve_target
+from geomexpl.explain.registry import capture_logits
 from geomexpl.nets import beta_schedule, softplus_twin
 
 
@@ -127,9 +128,12 @@ def manipulate(model: nn.Module, x: torch.Tensor, target_map: torch.Tensor, meth
         surrogate = softplus_twin(model, betas[step])
         with torch.no_grad():
             ref_out = _output(surrogate(x), cfg.output)
-        h = _explain(surrogate, model, x_adv, target, cfg, generator)
+        with capture_logits(x_adv) as shared:
+            h = _explain(surrogate, model, x_adv, target, cfg, generator)
+        logits = shared.get("logits") if cfg.smooth_beta is None else None
+        logits = surrogate(x_adv) if logits is None else logits
         expl_err = (relevance_map(h) - target_map).pow(2).flatten(1).mean(1)
-        out_err = (_output(surrogate(x_adv), cfg.output) - ref_out).pow(2).mean(1)
+        out_err = (_output(logits, cfg.output) - ref_out).pow(2).mean(1)
         loss = cfg.w_expl * expl_err + cfg.w_out * out_err
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()

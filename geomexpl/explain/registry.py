@@ -6,7 +6,9 @@ explanation h(x) with the shape of x, built from differentiable torch operations
 """
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -25,9 +27,36 @@ def register(name: str) -> Callable[[Method], Method]:
     return add
 
 
+_CAPTURE: ContextVar = ContextVar("geomexpl_capture", default=None)
+
+
+@contextmanager
+def capture_logits(x: torch.Tensor) -> Iterator[dict]:
+    """Keep the logits a method computes for exactly ``x`` (same tensor object) in the yielded dict.
+
+    The attack's output term reuses the explanation's own forward pass this way instead of
+    running the network a second time.
+    """
+    box: dict = {}
+    token = _CAPTURE.set((x, box))
+    try:
+        yield box
+    finally:
+        _CAPTURE.reset(token)
+
+
+def model_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """model(x), offered to an active :func:`capture_logits` of x."""
+    out = model(x)
+    capture = _CAPTURE.get()
+    if capture is not None and capture[0] is x:
+        capture[1]["logits"] = out
+    return out
+
+
 def target_logit(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """g_k(x) for each example: the logit of its target class, [B]."""
-    out = model(x)
+    out = model_output(model, x)
     return out.gather(1, target[:, None].to(out.device))[:, 0]
 
 
