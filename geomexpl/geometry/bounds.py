@@ -1,0 +1,239 @@
+"""The constants of Theorem 1: C~ of the Hessian bound (supplement E.1, eq. (9)-(10)) and c.
+
+Proof sketch (supplement E.1, step 1). Write the network between two nonlinearities as linear maps
+W^(1), ..., W^(L) (biases do not enter derivatives). With a^(m) = sp_beta(W^(m) a^(m-1)),
+u_m = d out / d a^(m) and J_m = d a^(m) / d x, differentiating the Jacobian once more gives
+
+    H = sum_m (W^(m) J_{m-1})^T diag(beta sp''(z_m) * u_m) (W^(m) J_{m-1}),   0 < sp'' <= 1/4,
+
+hence, with |J_{m-1}| <= prod_{l<m} |W^(l)| and |u_m| <= prod_{l>m} |W^(l)|,
+
+    |H|_F <= beta/4 * C~ <= beta C~,  C~ = sum_m prod_{l>m} |W^(l)|_F |W^(m)|_F^2 prod_{l<m} |W^(l)|_F^2
+
+(eq. (10); the sum runs over layers m followed by a softplus). The paper keeps beta C~ (it bounds
+sp'' by 1); we return eq. (10) exactly. Because |A B C|_F <= |A|_2 |B|_F |C|_2, the same bound holds
+with spectral norms everywhere (``norm='spectral'``), which is much tighter for conv nets.
+
+Norms used for each linear map (every one an upper bound, so C~ stays a valid bound):
+* Linear: |W|_F and |W|_2 exactly.
+* ConvNd (zero padding): |A|_F of the unrolled operator exactly, sum(conv(ones, W**2)) = sum over
+  output positions of the squared kernel taps that hit the input (padding taps excluded).
+  |A|_2 <= max_w |W^(w)|_2 over the DFT W^(w) of the (dilated) kernel on the padded grid: the conv is
+  a row/column restriction of the circular conv on that grid, whose singular values are those of the
+  W^(w) (Sedghi et al. 2019); restricting rows/columns never increases the spectral norm.
+* BatchNorm (eval): the affine map diag(gamma / sqrt(var + eps)) is folded into the preceding
+  Linear/Conv, else taken as a diagonal map. AvgPool2d / AdaptiveAvgPool2d: a depthwise conv.
+* Several maps between two nonlinearities: |A_k..A_1|_F <= min_i |A_i|_F prod_{j != i} |A_j|_2.
+
+The layer order is traced with forward hooks on one random input, and each layer's input must equal
+the previous layer's output: residual or concatenating models are refused, not mis-bounded.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geomexpl.checks import check_tensor
+from geomexpl.geometry.derivatives import HessianVectorProduct, ScalarFunction, hessian, value_and_gradient
+from geomexpl.geometry.lanczos import batched_lanczos
+from geomexpl.nets.softplus import unwrap
+
+_CONVS = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
+_SHAPE_ONLY = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_NORMS = ("frobenius", "spectral")
+
+
+def curvature_constant(model: nn.Module, input_shape: tuple[int, ...] | None = None,
+                       norm: str = "frobenius") -> float:
+    """C~ of supplement eq. (10) for a chain of Linear/Conv/BatchNorm/AvgPool layers and softplus
+    nonlinearities (nn.Softplus, or the ReLUs of a ``geomexpl.nets.softplus_twin``), so that
+    |Hessian of any output|_F <= beta C~ (eq. (9)), beta the (largest) softplus beta. ``input_shape``
+    (without batch) is needed unless the first layer is Linear. See the module docstring for the
+    norms used."""
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+    inner, beta = unwrap(model)
+    layers = _trace(model, inner, input_shape)
+    blocks: list[list[tuple[float, float]]] = [[]]
+    pending: list = []                         # Linear/Conv (weight, module, input) awaiting BN fold
+    for name, module, x_in, _ in layers:
+        if isinstance(module, nn.Softplus) or (isinstance(module, nn.ReLU) and beta is not None):
+            blocks[-1] += [_weight_norms(*p) for p in pending]
+            if not blocks[-1]:                  # two nonlinearities in a row: W = identity
+                blocks[-1].append((math.sqrt(x_in[0].numel()), 1.0))
+            blocks.append([])
+            pending = []
+        elif isinstance(module, nn.ReLU):
+            raise ValueError(f"layer {name!r} is ReLU, which is not smooth (Theorem 1 covers softplus "
+                             "networks): pass geomexpl.nets.softplus_twin(model, beta)")
+        elif isinstance(module, (nn.Linear, *_CONVS)):
+            pending.append((module.weight.detach().double(), module, x_in))
+        elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+            pending.append(_pool_as_conv(name, module, x_in))
+        elif isinstance(module, _BATCHNORMS):
+            scale = _batchnorm_scale(name, module)
+            if pending and pending[-1][0].shape[0] == scale.numel():
+                weight, conv, conv_in = pending[-1]
+                pending[-1] = (weight * scale.view(-1, *[1] * (weight.dim() - 1)), conv, conv_in)
+            else:
+                blocks[-1] += [_weight_norms(*p) for p in pending]
+                pending = []
+                positions = x_in[0].numel() // scale.numel()
+                blocks[-1].append((math.sqrt(positions) * float(scale.norm()), float(scale.abs().max())))
+        elif isinstance(module, _SHAPE_ONLY):
+            blocks[-1] += [_weight_norms(*p) for p in pending]
+            pending = []
+            if module.training and isinstance(module, nn.modules.dropout._DropoutNd):
+                raise ValueError(f"layer {name!r} (Dropout) is in training mode; call model.eval()")
+            blocks[-1].append((math.sqrt(x_in[0].numel()), 1.0))
+        else:
+            raise ValueError(f"layer {name!r} ({type(module).__name__}) is not supported by "
+                             "curvature_constant: only Linear, Conv1d/2d/3d, BatchNorm (eval), "
+                             "AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout and softplus nonlinearities")
+    blocks[-1] += [_weight_norms(*p) for p in pending]
+    if not blocks[-1]:
+        blocks.pop()
+        smooth = len(blocks)
+    else:
+        smooth = len(blocks) - 1
+    if smooth == 0:
+        return 0.0                              # affine network: H = 0
+    sizes = [_block_norm(b, norm) for b in blocks]
+    return sum(math.prod(sizes[m + 1:]) * sizes[m] ** 2 * math.prod(s ** 2 for s in sizes[:m])
+               for m in range(smooth))
+
+
+def min_gradient_norm(f: ScalarFunction, path: torch.Tensor) -> torch.Tensor:
+    """c of Theorem 1 along a path: min_t |grad f(x_t)|, [T, B, ...] -> [B]."""
+    check_tensor(path, "path", min_dim=2)
+    _, grad = value_and_gradient(f, path.flatten(0, 1))
+    return grad.flatten(1).norm(dim=1).view(path.shape[:2]).amin(0)
+
+
+@dataclass
+class HessianBound:
+    """hessian_norm [B] (|H|_F if exact, else the lower bound sqrt(sum of k squared top eigenvalues)),
+    bound = beta * constant, holds [B]; with exact=False a violation is proven, a pass only likely."""
+
+    hessian_norm: torch.Tensor
+    bound: float
+    holds: torch.Tensor
+    exact: bool
+
+
+def check_hessian_bound(f: ScalarFunction, x: torch.Tensor, beta: float, constant: float,
+                        max_dense_dim: int = 4096, k: int = 6) -> HessianBound:
+    """Check supplement eq. (9), |H f(x)|_F <= beta C~, at each example of x."""
+    check_tensor(x, "x", min_dim=1)
+    d = x[0].numel()
+    if d <= max_dense_dim:
+        norms = hessian(f, x, max_dim=max_dense_dim).double().flatten(1).norm(dim=1)
+    else:
+        product = HessianVectorProduct(f, x)
+        res = batched_lanczos(lambda v: product(v.view_as(x)).flatten(1), d, x.shape[0], min(k, d),
+                      tol=1e-6, maxiter=20 * k + 100, device=x.device)
+        norms = res.values.norm(dim=1)
+    bound = float(beta) * float(constant)
+    return HessianBound(norms.cpu(), bound, (norms <= bound).cpu(), d <= max_dense_dim)
+
+
+def _trace(model: nn.Module, inner: nn.Module, input_shape) -> list:
+    leaves = [(n, m) for n, m in inner.named_modules() if not list(m.children())]
+    if input_shape is None:
+        first = next((m for _, m in leaves if not isinstance(m, _SHAPE_ONLY)), None)
+        if not isinstance(first, nn.Linear):
+            raise ValueError("input_shape is required unless the first layer is nn.Linear")
+        input_shape = (first.in_features,)
+    param = next(inner.parameters(), None)
+    dtype, device = (param.dtype, param.device) if param is not None else (torch.float32, "cpu")
+    x = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0)).to(dtype=dtype, device=device)
+    records: list = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=n: records.append((name, mod, inp[0], out)))
+             for n, m in leaves]
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    expected = x
+    for name, _, x_in, x_out in records + [("<model output>", None, out, None)]:
+        if x_in.numel() != expected.numel() or not torch.equal(x_in.reshape(-1), expected.reshape(-1)):
+            raise ValueError(f"the model is not a plain chain of layers: the input of {name!r} is not the "
+                             "output of the layer before it (residual/concatenation or a functional op "
+                             "in forward); curvature_constant supports sequential networks only")
+        expected = x_out
+    return records
+
+
+def _batchnorm_scale(name: str, bn: nn.Module) -> torch.Tensor:
+    if bn.training or bn.running_var is None:
+        raise ValueError(f"layer {name!r} ({type(bn).__name__}) must be in eval mode with running "
+                         "statistics (call model.eval()): only then is it a fixed affine map")
+    scale = 1 / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+    return scale * bn.weight.detach().double() if bn.weight is not None else scale
+
+
+def _pool_as_conv(name: str, pool: nn.Module, x_in: torch.Tensor):
+    channels, size = x_in.shape[1], x_in.shape[2:]
+    if isinstance(pool, nn.AdaptiveAvgPool2d):
+        out = [o if o is not None else s for o, s in zip(nn.modules.utils._pair(pool.output_size), size)]
+        if any(s % o for s, o in zip(size, out)):
+            raise ValueError(f"layer {name!r}: AdaptiveAvgPool2d needs input size {tuple(size)} divisible "
+                             f"by its output size {tuple(out)}")
+        kernel = stride = tuple(s // o for s, o in zip(size, out))
+        padding = (0, 0)
+    else:
+        if pool.ceil_mode or (pool.padding and not pool.count_include_pad):
+            raise ValueError(f"layer {name!r}: AvgPool2d with ceil_mode or count_include_pad=False is "
+                             "not a fixed convolution; not supported")
+        kernel = nn.modules.utils._pair(pool.kernel_size)
+        stride = nn.modules.utils._pair(pool.stride or pool.kernel_size)
+        padding = nn.modules.utils._pair(pool.padding)
+    divisor = pool.divisor_override if getattr(pool, "divisor_override", None) else math.prod(kernel)
+    weight = torch.full((channels, 1, *kernel), 1.0 / divisor, dtype=torch.float64)
+    conv = nn.Conv2d(channels, channels, kernel, stride=stride, padding=padding, groups=channels, bias=False)
+    return weight, conv, x_in
+
+
+def _weight_norms(weight: torch.Tensor, module: nn.Module, x_in: torch.Tensor) -> tuple[float, float]:
+    """(|A|_F, upper bound of |A|_2) of the linear map of a Linear or ConvNd with this weight."""
+    if isinstance(module, nn.Linear):
+        return float(weight.norm()), float(torch.linalg.matrix_norm(weight, ord=2))
+    if module.padding_mode != "zeros":
+        raise ValueError(f"{type(module).__name__} with padding_mode={module.padding_mode!r} is not "
+                         "supported (zero padding only)")
+    conv = _CONVS[type(module)]
+    ones = torch.ones(1, *x_in.shape[1:], dtype=weight.dtype, device=weight.device)
+    squares = conv(ones, weight ** 2, None, module.stride, module.padding, module.dilation, module.groups)
+    fro = float(squares.sum().sqrt())
+    spatial = x_in.shape[2:]
+    k = weight.shape[2:]
+    dil = module.dilation
+    pads = ([0] * len(k) if module.padding == "valid" else
+            [d * (kk - 1) for d, kk in zip(dil, k)] if module.padding == "same" else
+            [2 * p for p in module.padding])
+    grid = [n + p for n, p in zip(spatial, pads)]
+    dilated = weight.new_zeros(*weight.shape[:2], *[d * (kk - 1) + 1 for d, kk in zip(dil, k)])
+    dilated[(slice(None), slice(None)) + tuple(slice(None, None, d) for d in dil)] = weight
+    g = module.groups
+    co, ci = weight.shape[0] // g, weight.shape[1]
+    full = weight.new_zeros(weight.shape[0], ci * g, *dilated.shape[2:])
+    for i in range(g):
+        full[i * co:(i + 1) * co, i * ci:(i + 1) * ci] = dilated[i * co:(i + 1) * co]
+    dims = tuple(range(2, full.dim()))
+    symbol = torch.fft.rfftn(full, s=grid, dim=dims).movedim(0, -1).movedim(0, -1)  # [..., Co, Ci]
+    spec = float(torch.linalg.matrix_norm(symbol, ord=2).max())
+    return fro, spec
+
+
+def _block_norm(block: list[tuple[float, float]], norm: str) -> float:
+    if norm == "spectral":
+        return math.prod(s for _, s in block)
+    return min(fro * math.prod(s for j, (_, s) in enumerate(block) if j != i)
+               for i, (fro, _) in enumerate(block))
