@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from geomexpl.geometry import check_hessian_bound, curvature_constant, gradient, hessian, logit, min_gradient_norm
-from geomexpl.geometry.bounds import _weight_norms
+from geomexpl.geometry.operator_norms import weight_norms
 from geomexpl.nets import softplus_twin
 
 SETTINGS = settings(deadline=None, max_examples=12)
@@ -81,7 +81,7 @@ def test_conv_norms_against_the_unrolled_matrix(c_in, c_out, kernel, stride, pad
                      bias=False).double()
     x_in = torch.zeros(1, c_in, size, size, dtype=torch.float64)
     matrix = torch.autograd.functional.jacobian(lambda z: conv(z.view_as(x_in)).flatten(), x_in.flatten())
-    fro, spec = _weight_norms(conv.weight.detach(), conv, x_in)
+    fro, spec = weight_norms(conv.weight.detach(), conv, x_in)
     assert fro == pytest.approx(float(matrix.norm()), rel=1e-12)                  # exact
     assert float(torch.linalg.matrix_norm(matrix, 2)) <= spec * (1 + 1e-12) <= fro * (1 + 1e-12)
 

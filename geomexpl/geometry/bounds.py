@@ -34,15 +34,15 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from geomexpl.checks import check_tensor
 from geomexpl.geometry.derivatives import HessianVectorProduct, ScalarFunction, hessian, value_and_gradient
+from geomexpl.geometry.graph_bound import graph_curvature_constant
 from geomexpl.geometry.lanczos import batched_lanczos
+from geomexpl.geometry.operator_norms import CONVS, batchnorm_scale, pool_as_conv, weight_norms
 from geomexpl.nets.softplus import unwrap
 
-_CONVS = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
 _SHAPE_ONLY = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _NORMS = ("frobenius", "spectral")
@@ -57,13 +57,15 @@ def curvature_constant(model: nn.Module, input_shape: tuple[int, ...] | None = N
     norms used."""
     if norm not in _NORMS:
         raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+    if norm == "spectral":
+        return graph_curvature_constant(model, input_shape or _linear_input_shape(unwrap(model)[0]))
     inner, beta = unwrap(model)
     layers = _trace(model, inner, input_shape)
     blocks: list[list[tuple[float, float]]] = [[]]
     pending: list = []                         # Linear/Conv (weight, module, input) awaiting BN fold
     for name, module, x_in, _ in layers:
         if isinstance(module, nn.Softplus) or (isinstance(module, nn.ReLU) and beta is not None):
-            blocks[-1] += [_weight_norms(*p) for p in pending]
+            blocks[-1] += [weight_norms(*p) for p in pending]
             if not blocks[-1]:                  # two nonlinearities in a row: W = identity
                 blocks[-1].append((math.sqrt(x_in[0].numel()), 1.0))
             blocks.append([])
@@ -71,22 +73,22 @@ def curvature_constant(model: nn.Module, input_shape: tuple[int, ...] | None = N
         elif isinstance(module, nn.ReLU):
             raise ValueError(f"layer {name!r} is ReLU, which is not smooth (Theorem 1 covers softplus "
                              "networks): pass geomexpl.nets.softplus_twin(model, beta)")
-        elif isinstance(module, (nn.Linear, *_CONVS)):
+        elif isinstance(module, (nn.Linear, *CONVS)):
             pending.append((module.weight.detach().double(), module, x_in))
         elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-            pending.append(_pool_as_conv(name, module, x_in))
+            pending.append(pool_as_conv(name, module, x_in))
         elif isinstance(module, _BATCHNORMS):
-            scale = _batchnorm_scale(name, module)
+            scale = batchnorm_scale(name, module)
             if pending and pending[-1][0].shape[0] == scale.numel():
                 weight, conv, conv_in = pending[-1]
                 pending[-1] = (weight * scale.view(-1, *[1] * (weight.dim() - 1)), conv, conv_in)
             else:
-                blocks[-1] += [_weight_norms(*p) for p in pending]
+                blocks[-1] += [weight_norms(*p) for p in pending]
                 pending = []
                 positions = x_in[0].numel() // scale.numel()
                 blocks[-1].append((math.sqrt(positions) * float(scale.norm()), float(scale.abs().max())))
         elif isinstance(module, _SHAPE_ONLY):
-            blocks[-1] += [_weight_norms(*p) for p in pending]
+            blocks[-1] += [weight_norms(*p) for p in pending]
             pending = []
             if module.training and isinstance(module, nn.modules.dropout._DropoutNd):
                 raise ValueError(f"layer {name!r} (Dropout) is in training mode; call model.eval()")
@@ -95,7 +97,7 @@ def curvature_constant(model: nn.Module, input_shape: tuple[int, ...] | None = N
             raise ValueError(f"layer {name!r} ({type(module).__name__}) is not supported by "
                              "curvature_constant: only Linear, Conv1d/2d/3d, BatchNorm (eval), "
                              "AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout and softplus nonlinearities")
-    blocks[-1] += [_weight_norms(*p) for p in pending]
+    blocks[-1] += [weight_norms(*p) for p in pending]
     if not blocks[-1]:
         blocks.pop()
         smooth = len(blocks)
@@ -142,13 +144,17 @@ def check_hessian_bound(f: ScalarFunction, x: torch.Tensor, beta: float, constan
     return HessianBound(norms.cpu(), bound, (norms <= bound).cpu(), d <= max_dense_dim)
 
 
+def _linear_input_shape(inner: nn.Module) -> tuple[int, ...]:
+    leaves = [m for m in inner.modules() if not list(m.children())]
+    first = next((m for m in leaves if not isinstance(m, _SHAPE_ONLY)), None)
+    if not isinstance(first, nn.Linear):
+        raise ValueError("input_shape is required unless the first layer is nn.Linear")
+    return (first.in_features,)
+
+
 def _trace(model: nn.Module, inner: nn.Module, input_shape) -> list:
     leaves = [(n, m) for n, m in inner.named_modules() if not list(m.children())]
-    if input_shape is None:
-        first = next((m for _, m in leaves if not isinstance(m, _SHAPE_ONLY)), None)
-        if not isinstance(first, nn.Linear):
-            raise ValueError("input_shape is required unless the first layer is nn.Linear")
-        input_shape = (first.in_features,)
+    input_shape = input_shape or _linear_input_shape(inner)
     param = next(inner.parameters(), None)
     dtype, device = (param.dtype, param.device) if param is not None else (torch.float32, "cpu")
     x = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0)).to(dtype=dtype, device=device)
@@ -166,70 +172,9 @@ def _trace(model: nn.Module, inner: nn.Module, input_shape) -> list:
         if x_in.numel() != expected.numel() or not torch.equal(x_in.reshape(-1), expected.reshape(-1)):
             raise ValueError(f"the model is not a plain chain of layers: the input of {name!r} is not the "
                              "output of the layer before it (residual/concatenation or a functional op "
-                             "in forward); curvature_constant supports sequential networks only")
+                             "in forward); use norm='spectral', which supports such graphs")
         expected = x_out
     return records
-
-
-def _batchnorm_scale(name: str, bn: nn.Module) -> torch.Tensor:
-    if bn.training or bn.running_var is None:
-        raise ValueError(f"layer {name!r} ({type(bn).__name__}) must be in eval mode with running "
-                         "statistics (call model.eval()): only then is it a fixed affine map")
-    scale = 1 / torch.sqrt(bn.running_var.detach().double() + bn.eps)
-    return scale * bn.weight.detach().double() if bn.weight is not None else scale
-
-
-def _pool_as_conv(name: str, pool: nn.Module, x_in: torch.Tensor):
-    channels, size = x_in.shape[1], x_in.shape[2:]
-    if isinstance(pool, nn.AdaptiveAvgPool2d):
-        out = [o if o is not None else s for o, s in zip(nn.modules.utils._pair(pool.output_size), size)]
-        if any(s % o for s, o in zip(size, out)):
-            raise ValueError(f"layer {name!r}: AdaptiveAvgPool2d needs input size {tuple(size)} divisible "
-                             f"by its output size {tuple(out)}")
-        kernel = stride = tuple(s // o for s, o in zip(size, out))
-        padding = (0, 0)
-    else:
-        if pool.ceil_mode or (pool.padding and not pool.count_include_pad):
-            raise ValueError(f"layer {name!r}: AvgPool2d with ceil_mode or count_include_pad=False is "
-                             "not a fixed convolution; not supported")
-        kernel = nn.modules.utils._pair(pool.kernel_size)
-        stride = nn.modules.utils._pair(pool.stride or pool.kernel_size)
-        padding = nn.modules.utils._pair(pool.padding)
-    divisor = pool.divisor_override if getattr(pool, "divisor_override", None) else math.prod(kernel)
-    weight = torch.full((channels, 1, *kernel), 1.0 / divisor, dtype=torch.float64)
-    conv = nn.Conv2d(channels, channels, kernel, stride=stride, padding=padding, groups=channels, bias=False)
-    return weight, conv, x_in
-
-
-def _weight_norms(weight: torch.Tensor, module: nn.Module, x_in: torch.Tensor) -> tuple[float, float]:
-    """(|A|_F, upper bound of |A|_2) of the linear map of a Linear or ConvNd with this weight."""
-    if isinstance(module, nn.Linear):
-        return float(weight.norm()), float(torch.linalg.matrix_norm(weight, ord=2))
-    if module.padding_mode != "zeros":
-        raise ValueError(f"{type(module).__name__} with padding_mode={module.padding_mode!r} is not "
-                         "supported (zero padding only)")
-    conv = _CONVS[type(module)]
-    ones = torch.ones(1, *x_in.shape[1:], dtype=weight.dtype, device=weight.device)
-    squares = conv(ones, weight ** 2, None, module.stride, module.padding, module.dilation, module.groups)
-    fro = float(squares.sum().sqrt())
-    spatial = x_in.shape[2:]
-    k = weight.shape[2:]
-    dil = module.dilation
-    pads = ([0] * len(k) if module.padding == "valid" else
-            [d * (kk - 1) for d, kk in zip(dil, k)] if module.padding == "same" else
-            [2 * p for p in module.padding])
-    grid = [n + p for n, p in zip(spatial, pads)]
-    dilated = weight.new_zeros(*weight.shape[:2], *[d * (kk - 1) + 1 for d, kk in zip(dil, k)])
-    dilated[(slice(None), slice(None)) + tuple(slice(None, None, d) for d in dil)] = weight
-    g = module.groups
-    co, ci = weight.shape[0] // g, weight.shape[1]
-    full = weight.new_zeros(weight.shape[0], ci * g, *dilated.shape[2:])
-    for i in range(g):
-        full[i * co:(i + 1) * co, i * ci:(i + 1) * ci] = dilated[i * co:(i + 1) * co]
-    dims = tuple(range(2, full.dim()))
-    symbol = torch.fft.rfftn(full, s=grid, dim=dims).movedim(0, -1).movedim(0, -1)  # [..., Co, Ci]
-    spec = float(torch.linalg.matrix_norm(symbol, ord=2).max())
-    return fro, spec
 
 
 def _block_norm(block: list[tuple[float, float]], norm: str) -> float:
