@@ -46,6 +46,21 @@ def environment(seed: int, device: torch.device | str, **extra) -> dict:
     }
 
 
+def start_run(out: Path, options: dict, seed: int, device) -> None:
+    """Write ``out/config.json`` (options, seed, versions, device), refusing a folder of another run.
+
+    A folder whose config holds the same options is resumed; one with other options is refused, so
+    results of different runs never mix and nothing written is overwritten.
+    """
+    path = Path(out) / "config.json"
+    if path.is_file():
+        stored = json.loads(path.read_text()).get("options")
+        if stored != json.loads(json.dumps(options, default=_plain)):
+            raise ValueError(f"{path.parent} holds a run with other options; choose another --out "
+                             f"(stored {stored}, asked {options})")
+    write_json(path, {"options": options, **environment(seed, device)})
+
+
 def write_json(path: Path, data) -> Path:
     """Write ``data`` as indented JSON, atomically."""
     path = Path(path)

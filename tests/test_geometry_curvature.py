@@ -257,12 +257,12 @@ def test_curvature_command_writes_table_config_and_plot(tmp_path, monkeypatch):
     rows = list(csv.DictReader((tmp_path / "curvature.csv").open()))
     assert len(rows) == 3 * 2 * 2 and set(rows[0]) == {"image", "beta", "k", "kappa"}
     config = json.loads((tmp_path / "config.json").read_text())
-    assert {"seed", "versions", "device"} <= set(config) and len(config["images"]) == 3
+    assert {"seed", "versions", "device"} <= set(config) and len(config["options"]["images"]) == 3
     assert (tmp_path / "curvature_vs_beta.png").stat().st_size > 0
     first = {(r["image"], r["beta"], r["k"]): float(r["kappa"]) for r in rows}
     image = int(rows[0]["image"])
-    twin_f = logit(nets.softplus_twin(relu_net, 4.0), torch.tensor(config["targets"]))
-    kappa, _ = principal_curvatures(twin_f, images[config["images"]], k=2, method="dense")
+    twin_f = logit(nets.softplus_twin(relu_net, 4.0), torch.tensor(config["options"]["targets"]))
+    kappa, _ = principal_curvatures(twin_f, images[config["options"]["images"]], k=2, method="dense")
     assert first[(str(image), "4.0", "1")] == pytest.approx(float(kappa[0, 0]), rel=1e-3)
     assert cli.main(argv + ["--betas", "1", "4", "8"]) == 0          # resumes: only beta 8 is computed
     assert len(list(csv.DictReader((tmp_path / "curvature.csv").open()))) == 3 * 3 * 2

@@ -59,8 +59,7 @@ def run(args) -> int:
     device = runs.resolve_device(args.device)
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                if k not in ("out", "device", "_run", "command")}
-    _check_same_run(args.out / "config.json", options)
-    runs.write_json(args.out / "config.json", {"options": options, **runs.environment(args.seed, device)})
+    runs.start_run(args.out, options, args.seed, device)
 
     model = nets.pretrained(args.arch, args.dataset, weights=args.weights).to(device)
     spec = data.spec(args.dataset)
@@ -93,17 +92,6 @@ def run(args) -> int:
         print(f"{metric:>18}: median {s['median']:.4g}  [p10 {s['p10']:.4g}, p90 {s['p90']:.4g}]")
     print(f"results in {args.out}")
     return 0
-
-
-def _check_same_run(path: Path, options: dict) -> None:
-    """Refuse to resume into a folder that holds a run with other options."""
-    if path.is_file():
-        import json
-
-        stored = json.loads(path.read_text()).get("options")
-        if stored != options:
-            raise ValueError(f"{path.parent} holds a run with other options; choose another --out "
-                             f"(stored {stored}, asked {options})")
 
 
 def _save_batch(path: Path, result) -> None:

@@ -5,23 +5,21 @@ image is measured on the softplus_beta twin for every beta: the k largest princi
 (|kappa| descending, matrix-free Lanczos on the shape operator P H P / |grad g_k|, paper sec. 3).
 Theorem 1 bounds |kappa_max| by beta C~ / c, so the log-log plot should grow at most linearly.
 Writes curvature.csv (image, beta, k, kappa), config.json and curvature_vs_beta.png to --out; a run
-with the same settings resumes, skipping the betas already in the table.
+with the same settings resumes, skipping the betas already in the table (other settings are refused).
 """
 from __future__ import annotations
 
 import copy
-import csv
-import json
-import platform
 from pathlib import Path
 
 import numpy as np
-import scipy
 import torch
 from tqdm import tqdm
 
+from geomexpl import runs
+
 HELP = "principal curvatures of the network's level sets against beta (Theorem 1)"
-TABLE, CONFIG, FIGURE = "curvature.csv", "config.json", "curvature_vs_beta.png"
+TABLE, FIGURE = "curvature.csv", "curvature_vs_beta.png"
 
 
 def configure(parser) -> None:
@@ -42,13 +40,12 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    from geomexpl import __version__, data, nets, plot
+    from geomexpl import data, nets, plot
     from geomexpl.geometry import logit, principal_curvatures
 
     if args.n < 1 or args.k < 1 or any(b <= 0 for b in args.betas):
         raise ValueError("--n and --k must be >= 1 and every beta > 0")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = runs.resolve_device(args.device)
     dtype = torch.float64 if args.float64 else torch.float32
     model = nets.pretrained(args.arch, args.dataset)
     model = (copy.deepcopy(model) if args.float64 else model).to(device=device, dtype=dtype)
@@ -59,24 +56,18 @@ def run(args) -> int:
     x = images[index].to(device=device, dtype=dtype)
     with torch.no_grad():
         target = model(x).argmax(1)
-    config = {"arch": args.arch, "dataset": args.dataset, "split": args.split, "n": args.n, "k": args.k,
-              "method": args.method, "tol": args.tol, "dtype": str(dtype), "seed": args.seed,
-              "images": index.tolist(), "labels": labels[index].tolist(), "targets": target.tolist()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    rows = _resume(args.out, config)
-    versions = {"geomexpl": __version__, "torch": torch.__version__, "numpy": np.__version__,
-                "scipy": scipy.__version__, "python": platform.python_version()}
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    (args.out / CONFIG).write_text(json.dumps({**config, "betas": sorted(args.betas), "versions": versions,
-                                               "device": f"{device} ({device_name})"}, indent=2))
-    done = {row["beta"] for row in rows}
-    todo = [b for b in args.betas if b not in done]
-    for beta in tqdm(todo, desc="beta", unit="beta"):
+    options = {"arch": args.arch, "dataset": args.dataset, "split": args.split, "n": args.n, "k": args.k,
+               "method": args.method, "tol": args.tol, "dtype": str(dtype), "seed": args.seed,
+               "images": index.tolist(), "labels": labels[index].tolist(), "targets": target.tolist()}
+    runs.start_run(args.out, options, args.seed, device)
+    table = runs.ResultTable(args.out / TABLE, key=("beta",))
+    for beta in tqdm([b for b in args.betas if not table.done(beta=b)], desc="beta", unit="beta"):
         kappa, _ = principal_curvatures(logit(nets.softplus_twin(model, beta), target), x, k=args.k,
                                         method=args.method, tol=args.tol, seed=args.seed)
-        rows += [{"image": int(index[b]), "beta": beta, "k": j + 1, "kappa": float(kappa[b, j])}
-                 for b in range(args.n) for j in range(args.k)]
-        _write_table(args.out / TABLE, rows)
+        table.append([{"image": int(index[b]), "beta": beta, "k": j + 1, "kappa": float(kappa[b, j])}
+                      for b in range(args.n) for j in range(args.k)])
+    rows = [{"image": int(r["image"]), "beta": float(r["beta"]), "k": int(r["k"]), "kappa": float(r["kappa"])}
+            for r in table.rows]
     betas = sorted(args.betas)
     kappa_max = np.array([[abs(r["kappa"]) for beta in betas for r in rows
                            if r["image"] == int(i) and r["beta"] == beta and r["k"] == 1] for i in index])
@@ -87,27 +78,6 @@ def run(args) -> int:
     for beta, column in zip(betas, kappa_max.T):
         print(f"beta {beta:g}: median |kappa_max| {np.median(column):.4g} "
               f"(10-90%: {np.percentile(column, 10):.4g}-{np.percentile(column, 90):.4g})")
-    print(f"wrote {args.out / TABLE}, {args.out / CONFIG}, {args.out / FIGURE}")
+    print(f"wrote {args.out / TABLE}, {args.out / 'config.json'}, {args.out / FIGURE}")
     return 0
 
-
-def _resume(out: Path, config: dict) -> list[dict]:
-    """Rows of an earlier run with the same settings (else none: the table is rewritten)."""
-    table, saved = out / TABLE, out / CONFIG
-    if not (table.is_file() and saved.is_file()):
-        return []
-    old = json.loads(saved.read_text())
-    if any(old.get(key) != value for key, value in config.items()):
-        return []
-    with table.open() as fh:
-        return [{"image": int(r["image"]), "beta": float(r["beta"]), "k": int(r["k"]), "kappa": float(r["kappa"])}
-                for r in csv.DictReader(fh)]
-
-
-def _write_table(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["image", "beta", "k", "kappa"])
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
