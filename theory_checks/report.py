@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -61,30 +60,6 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
         writer.writeheader()
         writer.writerows({key: _plain(value) for key, value in row.items()} for row in rows)
     return path
-
-
-def environment(seed: int, device: str, quick: bool) -> dict:
-    """The run's configuration: seed, mode, device and the versions of the numerical stack."""
-    import matplotlib
-    import numpy
-    import scipy
-    import torch
-
-    return {
-        "seed": seed,
-        "quick": quick,
-        "device": device,
-        "cuda_available": torch.cuda.is_available(),
-        "torch_threads": torch.get_num_threads(),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "numpy": numpy.__version__,
-            "scipy": scipy.__version__,
-            "matplotlib": matplotlib.__version__,
-        },
-        "platform": platform.platform(),
-    }
 
 
 def write_run(results: list[CheckResult], out_dir: Path, config: dict) -> None:

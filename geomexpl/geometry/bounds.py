@@ -50,9 +50,13 @@ _NORMS = ("frobenius", "spectral")
 
 def curvature_constant(model: nn.Module, input_shape: tuple[int, ...] | None = None,
                        norm: str = "frobenius") -> float:
-    """C~ of supplement eq. (10) for a chain of Linear/Conv/BatchNorm/AvgPool layers and softplus
-    nonlinearities (nn.Softplus, or the ReLUs of a ``geomexpl.nets.softplus_twin``), so that
-    |Hessian of any output|_F <= beta C~ (eq. (9)), beta the (largest) softplus beta. ``input_shape``
+    """C~ of supplement eq. (10), so that the Hessian of any output is bounded by beta C~ (eq. (9)).
+
+    ``norm='frobenius'``: eq. (10) itself for a chain of Linear/Conv/BatchNorm/AvgPool layers and
+    softplus nonlinearities (nn.Softplus, or the ReLUs of a ``geomexpl.nets.softplus_twin``):
+    |H|_F <= beta C~. ``norm='spectral'``: any graph with residual additions, concatenations and
+    max-pools (:mod:`geomexpl.geometry.graph_bound`): |H|_2 <= beta C~ / 4, which is what bounds the
+    principal curvatures, |kappa| <= |H|_2 / |grad g|. ``input_shape``
     (without batch) is needed unless the first layer is Linear. See the module docstring for the
     norms used."""
     if norm not in _NORMS:
