@@ -59,10 +59,11 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target=None, *, beta
     fn = METHODS[method]
     differentiable = x.requires_grad
     xg = x if differentiable else x.detach().requires_grad_(True)
-    if smoothgrad:
-        h = _smoothgrad(fn, model, xg, target, smoothgrad, noise_level, bounds, generator, options)
-    else:
-        h = fn(model, xg, target, **_with_bounds(fn, bounds, options))
+    with torch.enable_grad():  # methods differentiate internally, also when called under no_grad
+        if smoothgrad:
+            h = _smoothgrad(fn, model, xg, target, smoothgrad, noise_level, bounds, generator, options)
+        else:
+            h = fn(model, xg, target, **_with_bounds(fn, bounds, options))
     return h if differentiable else h.detach()
 
 
