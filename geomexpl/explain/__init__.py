@@ -14,7 +14,7 @@ from geomexpl.checks import check_tensor
 from geomexpl.explain import deeplift, gradients, patterns, rules  # noqa: F401  (register their methods)
 from geomexpl.explain.patterns import Patterns, fit_patterns
 from geomexpl.explain.propagation import UnsupportedLayerError, layer_names, propagate
-from geomexpl.explain.registry import METHODS, register
+from geomexpl.explain.registry import METHODS, keep_graph, register
 from geomexpl.nets import softplus_twin
 
 __all__ = ["METHODS", "Patterns", "UnsupportedLayerError", "explain", "fit_patterns", "layer_names", "propagate",
@@ -59,7 +59,7 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target=None, *, beta
     fn = METHODS[method]
     differentiable = x.requires_grad
     xg = x if differentiable else x.detach().requires_grad_(True)
-    with torch.enable_grad():  # methods differentiate internally, also when called under no_grad
+    with torch.enable_grad(), keep_graph(differentiable):  # methods differentiate internally, also under no_grad
         if smoothgrad:
             h = _smoothgrad(fn, model, xg, target, smoothgrad, noise_level, bounds, generator, options)
         else:

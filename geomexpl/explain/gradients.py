@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from geomexpl.explain.registry import input_gradient, register, target_logit
+from geomexpl.explain.registry import graph_kept, input_gradient, register, target_logit
 
 
 @register("gradient")
@@ -35,6 +35,6 @@ def integrated_gradients(model, x, target, steps: int = 30, baseline=None, batch
     targets = target.repeat(steps)
     grads = []
     for pts, tgt in zip(points.split(max(1, batch_size)), targets.split(max(1, batch_size))):
-        (grad,) = torch.autograd.grad(target_logit(model, pts, tgt).sum(), pts, create_graph=True)
+        (grad,) = torch.autograd.grad(target_logit(model, pts, tgt).sum(), pts, create_graph=graph_kept())
         grads.append(grad)
     return (x - x0) * torch.cat(grads).reshape(steps, *x.shape).mean(0)

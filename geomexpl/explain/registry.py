@@ -28,6 +28,22 @@ def register(name: str) -> Callable[[Method], Method]:
 
 
 _CAPTURE: ContextVar = ContextVar("geomexpl_capture", default=None)
+_KEEP_GRAPH: ContextVar = ContextVar("geomexpl_keep_graph", default=True)
+
+
+@contextmanager
+def keep_graph(flag: bool) -> Iterator[None]:
+    """Whether gradients inside methods are built with ``create_graph`` (needed only when the caller
+    differentiates the explanation; without it a plain explanation costs about 30% less)."""
+    token = _KEEP_GRAPH.set(flag)
+    try:
+        yield
+    finally:
+        _KEEP_GRAPH.reset(token)
+
+
+def graph_kept() -> bool:
+    return _KEEP_GRAPH.get()
 
 
 @contextmanager
@@ -61,6 +77,6 @@ def target_logit(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> tor
 
 
 def input_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """grad_x g_k(x), kept differentiable (create_graph) so the attack can back-propagate through it."""
-    (grad,) = torch.autograd.grad(target_logit(model, x, target).sum(), x, create_graph=True)
+    """grad_x g_k(x), differentiable (create_graph) unless :func:`keep_graph` turned that off."""
+    (grad,) = torch.autograd.grad(target_logit(model, x, target).sum(), x, create_graph=graph_kept())
     return grad
