@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import csv
 import json
-import platform
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from geomexpl import runs
 
 HELP = "sanity checks: cosine similarity convergence, parameter randomisation, random logit (Sixt et al.)"
 TABLES = {"csc": "csc.csv", "histogram": "csc_histogram.csv", "randomisation": "randomisation.csv",
@@ -82,7 +83,7 @@ def _number(value: str):
 
 
 def run(args) -> int:
-    from geomexpl import __version__, data, nets
+    from geomexpl import data, nets
     from geomexpl.explain import METHODS, fit_patterns
     from geomexpl.sanity.convergence import csc_methods
 
@@ -95,8 +96,7 @@ def run(args) -> int:
             raise ValueError(f"unknown explanation method {name!r} in --methods; available: {sorted(METHODS)}")
         if name not in csc_methods():
             raise ValueError(f"method {name!r} has no propagation rules for the CSC; available: {csc_methods()}")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = runs.resolve_device(args.device)
     model = nets.pretrained(args.arch, args.dataset).to(device)
     spec_ = data.spec(args.dataset)
     images, labels = data.load(args.dataset, "test")
@@ -110,11 +110,7 @@ def run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tables = _resume(args.out, config)
     done = set.intersection(*({row["method"] for row in rows} for rows in tables.values()))
-    versions = {"geomexpl": __version__, "torch": torch.__version__, "numpy": np.__version__,
-                "python": platform.python_version()}
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    (args.out / CONFIG).write_text(json.dumps({**config, "methods": specs, "versions": versions,
-                                               "device": f"{device} ({device_name})"}, indent=2))
+    runs.write_json(args.out / CONFIG, {**runs.environment(args.seed, device), **config, "methods": specs})
     patterns = None
     maps = {}
     bounds = (spec_.lower, spec_.upper)
