@@ -4,7 +4,9 @@
 2. manipulate their gradient explanations towards the maps of images of other classes
    (paper sec. 2.2) and print how close they get while the output stays put;
 3. measure the principal curvatures of the level set g = c at those images for several beta
-   (paper sec. 3): the curvature grows with beta, which is why beta-smoothing defends.
+   (paper sec. 3): the curvature grows with beta, which is why beta-smoothing defends;
+4. check Theorem 1, |n(p) - n(p0)| <= |lambda_max| d_g, along an attack path, a random curve and a
+   geodesic on the level set of the beta = 5 twin (the full check: ``python -m theory_checks``).
 Figures and a summary.json go to --out.
 """
 from __future__ import annotations
@@ -14,7 +16,11 @@ from pathlib import Path
 
 from geomexpl import data, nets, runs
 
-HELP = "end-to-end tour: explain, manipulate and measure curvature on the default model"
+DEMO_THEOREM1 = dict(archs=("vgg",), betas=(5.0,), images=1, attack_steps=30, record_every=10, lr=1e-2,
+                     curve_points=5, geodesic_points=7, geodesic_iters=10, refine_rounds=2, refine_segments=2,
+                     refine_split=4)
+
+HELP = "end-to-end tour: explain, manipulate, measure curvature and check Theorem 1 on the default model"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -32,10 +38,11 @@ def run(args) -> int:
     from geomexpl.explain import explain, relevance_map
     from geomexpl.geometry import logit, principal_curvatures
     from geomexpl.metrics import pcc
+    from theory_checks import theorem1
 
     device = runs.resolve_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    print("1/3 model: the VGG-style network on digits (32x32), weights bundled or trained on first use")
+    print("1/4 model: the VGG-style network on digits (32x32), weights bundled or trained on first use")
     model = nets.pretrained("vgg", "digits").to(device)
     images, labels = data.load("digits", "test")
     first, second = attack_pairs(labels, args.n, args.seed)
@@ -44,7 +51,7 @@ def run(args) -> int:
     plot.explanations_figure(x, maps, args.out / "explanations.png")
     print(f"    explanations of {args.n} test images -> {args.out / 'explanations.png'}")
 
-    print(f"2/3 manipulation of the gradient explanation ({args.steps} Adam steps, beta 10 -> 100)")
+    print(f"2/4 manipulation of the gradient explanation ({args.steps} Adam steps, beta 10 -> 100)")
     target = explanation_target(model, x_other, "gradient")
     result = manipulate(model, x, target, "gradient", steps=args.steps, lr=3e-3, progress=True)
     plot.manipulation_figure(result.x, result.map_x, result.target_map, result.x_adv, result.map_adv,
@@ -53,7 +60,7 @@ def run(args) -> int:
     print(f"    median PCC(map, target) {m['map_pcc']:.3f} (before: "
           f"{float(pcc(result.map_x, result.target_map).median()):.3f}); image MSE {m['image_mse']:.2e}; "
           f"class kept {m['class_kept']:.0%}; logit change {m['logit_change']:.3f} -> {args.out / 'manipulation.png'}")
-    print("3/3 curvature of the level set g_k = c at the same images (Lanczos on the softplus twin)")
+    print("3/4 curvature of the level set g_k = c at the same images (Lanczos on the softplus twin)")
     curvature = {}
     for beta in (1.0, 5.0, 20.0):
         kappa, _ = principal_curvatures(logit(nets.softplus_twin(model, beta), result.target), x, k=3, method="torch")
@@ -61,7 +68,13 @@ def run(args) -> int:
         print(f"    beta {beta:>4g}: median largest |principal curvature| {curvature[beta]:.3g}")
     print("    smaller beta, flatter level sets: Theorem 1 bounds the change of the explanation by "
           "|kappa_max| x the geodesic distance")
-    summary = {"attack": m, "median_kappa_max": curvature, **runs.environment(args.seed, device)}
+    print("4/4 Theorem 1 on the beta = 5 twin (one image; curves projected onto the level set)")
+    rows = theorem1.check_model(model.cpu(), "vgg", DEMO_THEOREM1, args.seed)
+    for row in rows:
+        print(f"    {row['kind']:>8}: |n(p) - n(p0)| = {row['lhs']:.3g} <= |lambda_max| d_g = {row['rhs']:.3g}: "
+              f"{'holds' if row['holds'] else 'FAILS'} (slack {row['slack']:.3g})")
+    theorem = [{k: row[k] for k in ("kind", "lhs", "rhs", "slack", "holds")} for row in rows]
+    summary = {"attack": m, "median_kappa_max": curvature, "theorem1": theorem, **runs.environment(args.seed, device)}
     runs.write_json(args.out / "summary.json", summary)
     return 0
 
