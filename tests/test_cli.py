@@ -91,3 +91,13 @@ def test_attack_pairs_are_of_different_classes():
     first, second = attack_cmd.attack_pairs(labels, 6, seed=3)
     assert (labels[first] != labels[second]).all()
     torch.testing.assert_close(first, attack_cmd.attack_pairs(labels, 6, seed=3)[0])
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    assert cli.main(["demo", "--n", "2", "--steps", "3", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {"explanations.png", "manipulation.png"} <= {p.name for p in tmp_path.iterdir()}
+    kappa = summary["median_kappa_max"]
+    assert float(kappa["1.0"]) < float(kappa["20.0"])  # flatter level sets at small beta
+    assert {row["kind"] for row in summary["theorem1"]} == {"attack", "random", "geodesic"}
+    assert all(row["holds"] and row["lhs"] <= row["rhs"] for row in summary["theorem1"])
