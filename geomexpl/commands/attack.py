@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from geomexpl import data, nets, runs
-from geomexpl.explain import METHODS
+from geomexpl.explain import METHODS, fit_patterns
+from geomexpl.explain.patterns import PATTERN_METHODS
 
 HELP = "manipulate explanations of a zoo model and report SSIM/PCC/MSE and the output change"
 
@@ -65,6 +66,9 @@ def run(args) -> int:
     spec = data.spec(args.dataset)
     bounds = (spec.lower, spec.upper)
     images, labels = data.load(args.dataset, "test")
+    options = {}
+    if args.method in PATTERN_METHODS:  # patterns fitted on (up to) 512 training images, cached
+        options["patterns"] = fit_patterns(model, data.load(args.dataset, "train")[0][:512].to(device))
     first, second = attack_pairs(labels, args.n, args.seed)
     table = runs.ResultTable(args.out / "results.csv", key=("example",))
     from tqdm.auto import tqdm
@@ -79,9 +83,9 @@ def run(args) -> int:
                             floor=0.05).to(device)
         else:
             t = attack.explanation_target(model, images[second[ids]].to(device), args.method, bounds=bounds,
-                                   beta=args.smooth_beta, smoothgrad=args.smoothgrad)
+                                   beta=args.smooth_beta, smoothgrad=args.smoothgrad, **options)
         result = attack.manipulate(model, x, t, args.method, steps=args.steps, lr=args.lr, bounds=bounds,
-                            smooth_beta=args.smooth_beta, smoothgrad=args.smoothgrad, progress=True)
+                            smooth_beta=args.smooth_beta, smoothgrad=args.smoothgrad, progress=True, **options)
         _save_batch(args.out / "batches" / f"batch_{start:05d}.pt", result)
         table.append([{**row, "image_index": int(first[row["example"]]),
                        "target_index": int(second[row["example"]])} for row in result.table(offset=start)])

@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from geomexpl import runs
+from geomexpl.explain.patterns import PATTERN_METHODS
 
 HELP = "sanity checks: cosine similarity convergence, parameter randomisation, random logit (Sixt et al.)"
 TABLES = {"csc": "csc.csv", "histogram": "csc_histogram.csv", "randomisation": "randomisation.csv",
@@ -38,7 +39,6 @@ DEFAULT_METHODS = (
     "lrp", "lrp_epsilon", "lrp_alpha_beta:preset=a1b0", "lrp_alpha_beta:preset=a2b1",
     "lrp_alpha_beta:preset=a5b4", "lrp_cmp", "deep_taylor", "excitation_backprop", "guided_backprop",
     "deconvnet", "rectgrad", "pattern_net", "pattern_attribution", "deeplift", "deeplift:variant=ablation")
-PATTERN_METHODS = ("pattern_net", "pattern_attribution")
 
 
 def configure(parser) -> None:

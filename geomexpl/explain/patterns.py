@@ -85,6 +85,9 @@ def _estimate(stats: dict, weight: torch.Tensor) -> torch.Tensor:
                        torch.zeros_like(cov)).to(weight.dtype)
 
 
+PATTERN_METHODS = ("pattern_net", "pattern_attribution")  # methods that need fitted patterns
+
+
 def fit_patterns(model: nn.Module, data: torch.Tensor, batch_size: int = 256, cache: bool = True) -> Patterns:
     """Fit the two-component patterns of every conv/linear layer of ``model`` on ``data`` [N, ...].
 
