@@ -37,3 +37,15 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("default", deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def run_theory_check(*args: str, timeout: int = 600):
+    """``python -m theory_checks ARGS`` in a subprocess from the repository root (CompletedProcess)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "theory_checks", *args], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +14,8 @@ from geomexpl import data, nets
 from geomexpl.geometry import logit, principal_curvatures
 from theory_checks import curvature_vs_beta as cb
 from theory_checks import theorem1 as t1
+from conftest import run_theory_check
 
-REPO = Path(__file__).resolve().parents[1]
 BETAS = (0.5, 5.0, 50.0)
 
 
@@ -108,10 +105,7 @@ def test_figure4_rows_on_the_zoo_mlp(mlp, digits):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("curvature")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "theory_checks", "curvature-vs-beta", "--quick", "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    return out, proc
+    return out, run_theory_check("curvature-vs-beta", "--quick", "--out", str(out))
 
 
 def test_quick_cli_run_passes_and_writes_tables_plots_and_report(quick_run):

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +16,8 @@ from geomexpl import nets
 from geomexpl.geometry import (check_hessian_bound, curvature_constant, gradient, logit, principal_curvatures,
                                unit_normal)
 from theory_checks import theorem1 as t1
+from conftest import run_theory_check
 
-REPO = Path(__file__).resolve().parents[1]
 SETTINGS = settings(deadline=None, max_examples=15)
 TINY = dict(t1.QUICK, betas=(5.0,), images=1, attack_steps=20, record_every=5)
 
@@ -208,10 +204,7 @@ def test_pool_switches_and_the_selection_surrogate_bound():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("theorem1")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "theory_checks", "theorem1", "--quick", "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    return out, proc
+    return out, run_theory_check("theorem1", "--quick", "--out", str(out))
 
 
 def test_quick_cli_run_passes_and_writes_table_plots_and_report(quick_run):

@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
 import theory_checks.__main__ as cli
 from theory_checks import theorem2
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import run_theory_check
+
 
 FAKE_CHECK = '''
 from theory_checks.report import CheckResult, SubCheck
@@ -25,9 +22,7 @@ def run(out_dir, quick, seed):
 
 def test_quick_run_writes_report_tables_plots_and_config(tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "theory_checks", "theorem2", "--quick", "--out", str(out),
-                           "--seed", "3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_theory_check("theorem2", "--quick", "--out", str(out), "--seed", "3", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((out / "results.json").read_text())
     config = json.loads((out / "config.json").read_text())
