@@ -21,7 +21,8 @@ from torch import nn
 from geomexpl import metrics
 from geomexpl.attack.presets import loss_weights, preset
 from geomexpl.checks import channel_bounds, check_in_range, check_tensor
-from geomexpl.explain import METHODS, explain, relevance_map, resolve_target
+from geomexpl.attack.surrogate import fold_batchnorm, on_device
+from geomexpl.explain import METHODS, explain, explain_trusted, relevance_map, relevance_map_trusted, resolve_target
 from geomexpl.explain.registry import capture_logits
 from geomexpl.nets import beta_schedule, softplus_twin
 
@@ -115,28 +116,19 @@ def manipulate(model: nn.Module, x: torch.Tensor, target_map: torch.Tensor, meth
     """
     cfg = _config(model, x, target_map, method, steps, lr, weights, beta_growth, smooth_beta, smoothgrad,
                   noise_level, output, bounds, linf, l2, record_every, method_options)
-    target = resolve_target(model, x, target)
+    target = resolve_target(model, x, target)  # validated once here; steps use the unchecked paths
     target_map = target_map.to(x) / target_map.to(x).flatten(1).sum(1).view(-1, 1, 1)
     lo, hi = channel_bounds(x, *bounds)
     betas = beta_schedule(*cfg.beta_growth, cfg.steps) if cfg.beta_growth else [None] * cfg.steps
+    objective = Objective(model, x, target, target_map, cfg, lo, hi, generator)
 
     x_adv = x.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([x_adv], lr=cfg.lr)
     losses = {"explanation": [], "output": [], "total": []}
     path, path_steps = ([x.detach().clone()], [0]) if record_every else ([], [])
     for step in _steps(cfg.steps, progress, method):
-        surrogate = softplus_twin(model, betas[step])
-        with torch.no_grad():
-            ref_out = _output(surrogate(x), cfg.output)
-        with capture_logits(x_adv) as shared:
-            h = _explain(surrogate, model, x_adv, target, cfg, generator)
-        logits = shared.get("logits") if cfg.smooth_beta is None else None
-        logits = surrogate(x_adv) if logits is None else logits
-        expl_err = (relevance_map(h) - target_map).pow(2).flatten(1).mean(1)
-        out_err = (_output(logits, cfg.output) - ref_out).pow(2).mean(1)
-        loss = cfg.w_expl * expl_err + cfg.w_out * out_err
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
+        expl_err, out_err, loss = objective(x_adv, betas[step])
+        (x_adv.grad,) = torch.autograd.grad(loss.sum(), x_adv)  # x_adv only: no parameter gradients
         opt.step()
         with torch.no_grad():
             _project(x_adv, x, lo, hi, cfg.linf, cfg.l2)
@@ -195,11 +187,38 @@ def _config(model, x, target_map, method, steps, lr, weights, beta_growth, smoot
                         record_every=record_every, bounds=tuple(bounds), method_options=dict(method_options))
 
 
-def _explain(surrogate, model, x_adv, target, cfg: AttackConfig, generator):
-    """h(x_adv) of the attacked explanation: beta-smoothed ones use their own beta, others the surrogate."""
-    net = model if cfg.smooth_beta is not None else surrogate
-    return explain(net, x_adv, cfg.method, target, beta=cfg.smooth_beta, smoothgrad=cfg.smoothgrad,
-                   noise_level=cfg.noise_level, bounds=cfg.bounds, generator=generator, **cfg.method_options)
+class Objective:
+    """The per-example loss L_b(x_adv) of eq. 4 at a surrogate beta, everything fixed prepared once:
+    batch norm folded, method options on the device, the reference output when beta is fixed."""
+
+    def __init__(self, model, x, target, target_map, cfg: AttackConfig, lo, hi, generator):
+        self.net = fold_batchnorm(model)
+        self.x, self.target, self.target_map, self.cfg, self.generator = x, target, target_map, cfg, generator
+        self.bounds = (lo, hi)
+        self.options = on_device(cfg.method_options, x)
+        self.smoothed = softplus_twin(self.net, cfg.smooth_beta) if cfg.smooth_beta is not None else None
+        self.fixed_ref = None
+        if cfg.beta_growth is None:  # the surrogate does not change: its reference output neither
+            with torch.no_grad():
+                self.fixed_ref = _output(self.net(x), cfg.output)
+
+    def __call__(self, x_adv: torch.Tensor, beta: float | None):
+        """(explanation error, output error, loss), each [B], differentiable in x_adv."""
+        cfg = self.cfg
+        surrogate = softplus_twin(self.net, beta)
+        ref_out = self.fixed_ref
+        if ref_out is None:
+            with torch.no_grad():
+                ref_out = _output(surrogate(self.x), cfg.output)
+        with capture_logits(x_adv) as shared:  # the methods hand over the logits of their own forward
+            h = explain_trusted(self.smoothed or surrogate, x_adv, cfg.method, self.target,
+                                smoothgrad=cfg.smoothgrad, noise_level=cfg.noise_level, bounds=self.bounds,
+                                generator=self.generator, **self.options)
+        logits = shared.get("logits") if self.smoothed is None else None
+        logits = surrogate(x_adv) if logits is None else logits
+        expl_err = (relevance_map_trusted(h) - self.target_map).pow(2).flatten(1).mean(1)
+        out_err = (_output(logits, cfg.output) - ref_out).pow(2).mean(1)
+        return expl_err, out_err, cfg.w_expl * expl_err + cfg.w_out * out_err
 
 
 def _output(logits: torch.Tensor, kind: str) -> torch.Tensor:

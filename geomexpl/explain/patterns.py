@@ -51,6 +51,11 @@ class Patterns:
                              f"weight has {tuple(weight.shape)}; fit the patterns for this model")
         return pos.to(weight), neg.to(weight)
 
+    def to(self, like: torch.Tensor) -> "Patterns":
+        """The patterns on ``like``'s device and dtype (moved once, before a loop that uses them)."""
+        return Patterns({k: v.to(like) for k, v in self.positive.items()},
+                        {k: v.to(like) for k, v in self.negative.items()}, self.key)
+
 
 def _fingerprint(net: nn.Module, data: torch.Tensor) -> str:
     """sha256 of the graph structure, every state_dict tensor and the data."""

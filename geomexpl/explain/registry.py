@@ -29,6 +29,22 @@ def register(name: str) -> Callable[[Method], Method]:
 
 _CAPTURE: ContextVar = ContextVar("geomexpl_capture", default=None)
 _KEEP_GRAPH: ContextVar = ContextVar("geomexpl_keep_graph", default=True)
+_TRUSTED: ContextVar = ContextVar("geomexpl_trusted", default=False)
+
+
+@contextmanager
+def trusted_inputs() -> Iterator[None]:
+    """Inside: inputs were validated at the entry point (``manipulate``), so methods skip the checks
+    that read tensor values (each a host sync on an accelerator) and take ``target`` as a [B] tensor."""
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def inputs_trusted() -> bool:
+    return _TRUSTED.get()
 
 
 @contextmanager
@@ -61,19 +77,24 @@ def capture_logits(x: torch.Tensor) -> Iterator[dict]:
         _CAPTURE.reset(token)
 
 
+def offer_logits(x: torch.Tensor, logits: torch.Tensor) -> None:
+    """Hand the logits computed for ``x`` to an active :func:`capture_logits` of that same tensor."""
+    capture = _CAPTURE.get()
+    if capture is not None and capture[0] is x:
+        capture[1]["logits"] = logits
+
+
 def model_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """model(x), offered to an active :func:`capture_logits` of x."""
     out = model(x)
-    capture = _CAPTURE.get()
-    if capture is not None and capture[0] is x:
-        capture[1]["logits"] = out
+    offer_logits(x, out)
     return out
 
 
 def target_logit(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """g_k(x) for each example: the logit of its target class, [B]."""
     out = model_output(model, x)
-    return out.gather(1, target[:, None].to(out.device))[:, 0]
+    return out.gather(1, target[:, None])[:, 0]
 
 
 def input_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
