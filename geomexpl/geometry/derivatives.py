@@ -43,7 +43,7 @@ def logit(model: torch.nn.Module, target: int | torch.Tensor | None = None) -> S
                                  f"{tuple(target.shape)} dtype {target.dtype}")
             fixed["k"] = target.long()
         elif isinstance(target, int):
-            fixed["k"] = torch.tensor([target])
+            fixed["column"] = target  # indexed directly: no tensor to upload at every call
         else:
             raise TypeError(f"target must be an int, a [B] tensor or None, got {type(target).__name__}")
 
@@ -51,9 +51,13 @@ def logit(model: torch.nn.Module, target: int | torch.Tensor | None = None) -> S
         out = model(x)
         if out.dim() != 2:
             raise ValueError(f"model output must be [B, classes] logits, got shape {tuple(out.shape)}")
+        if "column" in fixed:
+            return out[:, fixed["column"]]
         if "k" not in fixed:
             fixed["k"] = out.detach().argmax(1)
-        k = fixed["k"].to(out.device)
+        if fixed["k"].device != out.device:  # moved once, then kept on the model's device
+            fixed["k"] = fixed["k"].to(out.device)
+        k = fixed["k"]
         n = out.shape[0]
         if k.numel() != 1 and n % k.numel():
             raise ValueError(f"f got a batch of {n} examples but has {k.numel()} targets; the batch must "

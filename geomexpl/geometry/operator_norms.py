@@ -42,7 +42,7 @@ def pool_as_conv(name: str, pool: nn.Module, x_in: torch.Tensor):
         stride = nn.modules.utils._pair(pool.stride or pool.kernel_size)
         padding = nn.modules.utils._pair(pool.padding)
     divisor = pool.divisor_override if getattr(pool, "divisor_override", None) else math.prod(kernel)
-    weight = torch.full((channels, 1, *kernel), 1.0 / divisor, dtype=torch.float64)
+    weight = torch.full((channels, 1, *kernel), 1.0 / divisor, dtype=torch.float64, device=x_in.device)
     conv = nn.Conv2d(channels, channels, kernel, stride=stride, padding=padding, groups=channels, bias=False)
     return weight, conv, x_in
 
