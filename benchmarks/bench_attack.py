@@ -1,35 +1,190 @@
-"""Attack cost on the digits VGG-style model (issue 4's goals).
+"""Attack cost (issue 12): this engine against a baseline commit, side by side in one run.
 
-The cost of one step is measured as (t(1 + S steps) - t(1 step)) / S, which removes the fixed cost
-of an attack call (validation, the final evaluation on the ReLU model).
-- per-image step time at batch 64 against batch 1 (goal: batch 64 >= 3x cheaper per image);
-- one attack step against one input gradient of the same batch for 'gradient' (goal: <= 3x).
+Each engine runs in its own worker process (``benchmarks/attack_cases.py``; the baseline is the
+commit ``BASELINE`` extracted with ``git archive``), one thread each, and the rounds interleave
+every case of both engines, so both see the same machine load; values are medians over rounds.
+A step costs (t(1 + S steps) - t(1 step)) / S, which removes the fixed cost of an attack call
+(validation, the final evaluation on the ReLU model). The denominator of every ratio is one input
+gradient of the ReLU model the user passes, timed in the same worker (the softplus twin's gradient
+is reported beside it).
+Goals: step / input gradient <= 3 ('gradient') and <= 4 ('lrp') at batch 64 on the digits VGG and
+at batch 1 on VGG-16 224x224 (random weights); per image, batch 64 >= 3x cheaper than batch 1;
+an integrated-gradients step (30 points) <= 90 input gradients on VGG-16, with its peak memory.
+Memory: resident-set peak of an attack call in a fresh process per case (``resource.getrusage``).
 """
 from __future__ import annotations
 
-from benchmarks.harness import side_by_side
-from geomexpl import data, nets
-from geomexpl.attack import explanation_target, manipulate
-from geomexpl.explain import explain
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("attack_cases.py")
+BASELINE = "5c5147b"
+LONG = 4  # must match attack_cases.STEPS_LONG + 1
 
 
-def run(report, quick: bool) -> None:
-    model = nets.pretrained("vgg", "digits", progress=False)
-    images, _ = data.load("digits", "test")
-    x, target = images[:64], explanation_target(model, images[64:128], "gradient")
-    extra = 3 if quick else 8
-    repeats = 2 if quick else 3
+def _baseline_tree(ref: str) -> Path:
+    """The baseline commit's files (``git archive``, no change to the repository's worktrees)."""
+    out = Path(tempfile.gettempdir()) / f"geomexpl_baseline_{ref}"
+    if not (out / "geomexpl").is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True, capture_output=True).stdout
+        tar = out / "tree.tar"
+        tar.write_bytes(archive)
+        with tarfile.open(tar) as t:
+            t.extractall(out, filter="data")
+        tar.unlink()
+    return out
 
-    def attack(n, steps):
-        return lambda: manipulate(model, x[:n], target[:n], "gradient", steps=steps, target=0)
 
-    t = side_by_side({"b64_short": attack(64, 1), "b64_long": attack(64, 1 + extra),
-                      "b1_short": attack(1, 1), "b1_long": attack(1, 1 + extra),
-                      "gradient": lambda: explain(model, x, "gradient", target=0)}, repeats=repeats)
-    step64 = (t["b64_long"] - t["b64_short"]) / extra
-    step1 = (t["b1_long"] - t["b1_short"]) / extra
-    ratio = step1 / (step64 / 64)
-    report.add("attack", "per-image step time, batch 1 / batch 64", ratio, "x", ">= 3", ratio >= 3)
-    report.add("attack", "step time per image at batch 64", step64 / 64 * 1e3, "ms")
-    ratio = step64 / t["gradient"]
-    report.add("attack", "attack step / input gradient (batch 64, 'gradient')", ratio, "x", "<= 3", ratio <= 3)
+class Worker:
+    """A worker process importing geomexpl from ``tree``; ``time(case)`` runs a case once."""
+
+    def __init__(self, tree: Path, device: str, threads: int):
+        env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads)}
+        self.proc = subprocess.Popen([sys.executable, str(WORKER), "--device", device, "--threads", str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                     cwd=tempfile.gettempdir())
+        assert self.proc.stdout.readline().strip() == "ready", "attack worker failed to start"
+
+    def time(self, case: str) -> float:
+        self.proc.stdin.write(case + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"attack worker died on case {case!r}")
+        return float(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def _one_shot(tree: Path, device: str, threads: int, *args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, str(WORKER), "--device", device, "--threads", str(threads), *args],
+                         capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _interleaved(workers: dict, cases: list[str], rounds: int) -> dict:
+    for worker in workers.values():  # warm-up round
+        for case in cases:
+            worker.time(case)
+    samples = {(engine, c): [] for engine in workers for c in cases}
+    for _ in range(rounds):
+        for case in cases:
+            for engine, worker in workers.items():
+                samples[engine, case].append(worker.time(case))
+    return {key: statistics.median(v) for key, v in samples.items()}
+
+
+def _step(t: dict, engine: str, prefix: str) -> float:
+    return (t[engine, f"{prefix} attack {LONG} steps"] - t[engine, f"{prefix} attack 1 steps"]) / (LONG - 1)
+
+
+def run(report, quick: bool, device: str = "cpu", threads: int = 1, baseline: str = BASELINE) -> None:
+    trees = {"new": REPO, f"baseline {baseline}": _baseline_tree(baseline)}
+    report.meta.update({"attack threads": threads, "attack device": device, "attack baseline": baseline})
+    families = [("digits", 3 if quick else 7, ["digits b64 input gradient (ReLU)", "digits b64 input gradient (twin)",
+                                              "digits b1 input gradient (ReLU)"]
+                 + [f"digits b{n} {m} attack {s} steps" for m in ("gradient", "lrp") for n in (64, 1)
+                    for s in (1, LONG)])]
+    if not quick:
+        families.append(("vgg16", 3, ["vgg16 b1 input gradient (ReLU)", "vgg16 b1 input gradient (twin)"]
+                         + [f"vgg16 b1 {m} attack {s} steps" for m in ("gradient", "lrp") for s in (1, LONG)]))
+    for family, rounds, cases in families:
+        workers = {name: Worker(tree, device, threads) for name, tree in trees.items()}
+        try:
+            t = _interleaved(workers, cases, rounds)
+        finally:
+            for w in workers.values():
+                w.close()
+        for engine in trees:
+            _report_family(report, t, engine, family)
+    for engine, tree in trees.items():
+        for n in (1, 64):
+            m = _one_shot(tree, device, threads, "--memory", f"digits b{n} gradient attack 1 steps")
+            if "error" not in m:
+                report.add("attack", f"{engine}: digits b{n} 'gradient' attack, resident peak per image above setup",
+                           (m["rss_peak_kb"] - m["rss_before_kb"]) / 1024 / n, "MiB")
+    for family in ("digits",) if quick else ("digits", "vgg16"):
+        for method in ("gradient", "lrp"):
+            _profile(report, device, threads, family, method, quick)
+    if not quick:
+        _integrated_gradients(report, device, threads)
+
+
+def _profile(report, device: str, threads: int, family: str, method: str, quick: bool) -> None:
+    args = ("--profile", family, method) + (("--quick",) if quick else ())
+    phases = _one_shot(REPO, device, threads, *args)
+    if "error" in phases:
+        return
+    grad = phases.pop("input gradient (ReLU)")
+    batch = 64 if family == "digits" else 1
+    for phase, seconds in phases.items():
+        report.add("attack profile", f"new: {family} b{batch} '{method}' step, {phase}", seconds / grad,
+                   "input gradients")
+
+
+def _report_family(report, t: dict, engine: str, family: str) -> None:
+    batch = 64 if family == "digits" else 1
+    grad = t[engine, f"{family} b{batch} input gradient (ReLU)"]
+    report.add("attack", f"{engine}: {family} b{batch} input gradient, twin / ReLU",
+               t[engine, f"{family} b{batch} input gradient (twin)"] / grad, "x")
+    for method, goal in (("gradient", 3), ("lrp", 4)):
+        ratio = _step(t, engine, f"{family} b{batch} {method}") / grad
+        report.add("attack", f"{engine}: {family} b{batch} '{method}' step / ReLU input gradient", ratio, "x",
+                   f"<= {goal}", ratio <= goal)
+        if family == "digits":
+            per_image = _step(t, engine, f"digits b1 {method}") / (_step(t, engine, f"digits b64 {method}") / 64)
+            report.add("attack", f"{engine}: digits '{method}' step per image, batch 1 / batch 64", per_image, "x",
+                       ">= 3", per_image >= 3)
+            report.add("attack", f"{engine}: digits b64 '{method}' step time per image",
+                       _step(t, engine, f"digits b64 {method}") / 64 * 1e3, "ms")
+
+
+def _integrated_gradients(report, device: str, threads: int) -> None:
+    for batch_size, label in ((512, "whole path"), (10, "chunks of 10 points")):
+        r = _one_shot(REPO, device, threads, "--ig-batch-size", str(batch_size))
+        if "error" in r:
+            report.add("attack", f"new: vgg16 b1 IG (30 points, {label}) step FAILED: {r['error'][:80]}", 0, "")
+            continue
+        ratio = r["step_s"] / r["grad_s"]
+        report.add("attack", f"new: vgg16 b1 IG (30 points, {label}) step / ReLU input gradient", ratio, "x",
+                   "<= 90", ratio <= 90)
+        report.add("attack", f"new: vgg16 b1 IG (30 points, {label}) resident peak of the process",
+                   r["rss_peak_kb"] / 1024 ** 2, "GiB", "<= 4", r["rss_peak_kb"] / 1024 ** 2 <= 4)
+
+
+def main() -> None:
+    import argparse
+
+    from benchmarks.harness import Report
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_attack", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--baseline", default=BASELINE)
+    parser.add_argument("--write-results", action="store_true",
+                        help="write benchmarks/attack_results.{json,md} (committed); otherwise print only")
+    args = parser.parse_args()
+    report = Report()
+    run(report, args.quick, args.device, args.threads, args.baseline)
+    out = Path(__file__).parent
+    if args.write_results:
+        report.write(out, stem="attack_results")
+    print(report.markdown())
+
+
+if __name__ == "__main__":
+    main()

@@ -52,23 +52,27 @@ class Row:
 @dataclass
 class Report:
     rows: list[Row] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)  # run conditions a benchmark adds (threads, device, baseline)
 
     def add(self, benchmark: str, measure: str, value: float, unit: str,
             goal: str = "", met: bool | None = None) -> None:
         self.rows.append(Row(benchmark, measure, float(value), unit, goal, met))
 
-    def write(self, out_dir: Path) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "torch": torch.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        }
-        payload = {"meta": meta, "rows": [r.__dict__ for r in self.rows]}
-        (out_dir / "results.json").write_text(json.dumps(payload, indent=2))
-        lines = [f"# Benchmarks\n\n{json.dumps(meta)}\n",
+    def _meta(self) -> dict:
+        return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+                "threads": torch.get_num_threads(),
+                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, **self.meta}
+
+    def markdown(self, title: str = "Benchmarks") -> str:
+        lines = [f"# {title}\n\n{json.dumps(self._meta())}\n",
                  "| benchmark | measure | value | unit | goal | met |", "|---|---|---|---|---|---|"]
         for r in self.rows:
             met = "" if r.met is None else ("yes" if r.met else "NO")
             lines.append(f"| {r.benchmark} | {r.measure} | {r.value:.4g} | {r.unit} | {r.goal} | {met} |")
-        (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+        return "\n".join(lines) + "\n"
+
+    def write(self, out_dir: Path, stem: str = "results") -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        payload = {"meta": self._meta(), "rows": [r.__dict__ for r in self.rows]}
+        (out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2))
+        (out_dir / f"{stem}.md").write_text(self.markdown())
