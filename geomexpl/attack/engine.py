@@ -20,8 +20,8 @@ from torch import nn
 
 from geomexpl import metrics
 from geomexpl.attack.presets import loss_weights, preset
-from geomexpl.checks import channel_bounds, check_in_range, check_tensor
 from geomexpl.attack.surrogate import fold_batchnorm, on_device
+from geomexpl.checks import channel_bounds, check_in_range, check_tensor
 from geomexpl.explain import METHODS, explain, explain_trusted, relevance_map, relevance_map_trusted, resolve_target
 from geomexpl.explain.registry import capture_logits
 from geomexpl.nets import beta_schedule, softplus_twin

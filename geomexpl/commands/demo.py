@@ -12,6 +12,7 @@ Figures and a summary.json go to --out.
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 from geomexpl import data, nets, runs
@@ -69,12 +70,13 @@ def run(args) -> int:
     print("    smaller beta, flatter level sets: Theorem 1 bounds the change of the explanation by "
           "|kappa_max| x the geodesic distance")
     print("4/4 Theorem 1 on the beta = 5 twin (one image; curves projected onto the level set)")
-    rows = theorem1.check_model(model.cpu(), "vgg", DEMO_THEOREM1, args.seed)
+    rows = theorem1.check_model(copy.deepcopy(model).cpu(), "vgg", DEMO_THEOREM1, args.seed)  # CPU-only for now
     for row in rows:
         print(f"    {row['kind']:>8}: |n(p) - n(p0)| = {row['lhs']:.3g} <= |lambda_max| d_g = {row['rhs']:.3g}: "
               f"{'holds' if row['holds'] else 'FAILS'} (slack {row['slack']:.3g})")
     theorem = [{k: row[k] for k in ("kind", "lhs", "rhs", "slack", "holds")} for row in rows]
-    summary = {"attack": m, "median_kappa_max": curvature, "theorem1": theorem, **runs.environment(args.seed, device)}
+    summary = {"attack": m, "median_kappa_max": curvature, "theorem1": theorem, "theorem1_device": "cpu",
+               **runs.environment(args.seed, device)}
     runs.write_json(args.out / "summary.json", summary)
     return 0
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from geomexpl import data
+from geomexpl import data, runs
 from geomexpl.nets import weights, zoo
 
 HELP = "train zoo models and cache their weights"
@@ -21,6 +21,7 @@ def configure(parser) -> None:
                         help="datasets to train on")
     parser.add_argument("--out", type=Path, default=None, help="folder for the weights (default: the user cache)")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', ...")
 
 
 def run(args) -> int:
@@ -30,7 +31,9 @@ def run(args) -> int:
         spec = data.spec(dataset)
         for arch in archs:
             model = zoo.build(arch, spec.channels, spec.num_classes, spec.size)
-            meta = weights.train(model, dataset, epochs=weights.EPOCHS.get(arch, 30), seed=args.seed)
+            meta = weights.train(model, dataset, epochs=weights.EPOCHS.get(arch, 30), seed=args.seed,
+                                 device=runs.resolve_device(args.device))
+            model.cpu()  # weight files hold CPU tensors
             meta["arch"] = arch
             path = weights.weight_path(arch, dataset, spec.size, args.out)
             weights.save_weights(model, path, meta)

@@ -3,7 +3,8 @@
 Convention: ``f`` maps a batch ``x`` of shape [B, ...] to [B] scalars, one per example, computed
 independently (no batch coupling, e.g. BatchNorm in eval mode). The paper's g_k (sec. 3) is built by
 :func:`logit`. The level set through p is S = {x : f(x) = f(p)}; its unit normal is
-n = grad f / |grad f| (paper eq. (7)).
+n = grad f / |grad f| (paper eq. (7)). Every derivative is taken with TF32 off
+(:func:`geomexpl.numerics.exact_float32`), so float32 results on a GPU keep float32 accuracy.
 
 Two Hessian-vector products are offered:
 
@@ -24,6 +25,7 @@ from typing import Callable
 import torch
 
 from geomexpl.checks import check_tensor
+from geomexpl.numerics import exact_float32
 
 ScalarFunction = Callable[[torch.Tensor], torch.Tensor]
 
@@ -85,7 +87,7 @@ def value_and_gradient(f: ScalarFunction, x: torch.Tensor) -> tuple[torch.Tensor
     """(f(x) [B], grad f(x) [B, ...]), both detached."""
     check_tensor(x, "x", min_dim=1)
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), exact_float32():
         value = evaluate(f, x)
         if not value.requires_grad:
             raise ValueError("f(x) does not depend on x (its output carries no gradient)")
@@ -124,7 +126,7 @@ class HessianVectorProduct:
     def __init__(self, f: ScalarFunction, x: torch.Tensor):
         check_tensor(x, "x", min_dim=1)
         self.x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), exact_float32():
             value = evaluate(f, self.x)
             if not value.requires_grad:
                 raise ValueError("f(x) does not depend on x (its output carries no gradient)")
@@ -141,7 +143,8 @@ class HessianVectorProduct:
         v = v.to(dtype=self.x.dtype, device=self.x.device)
         if not self._grad.requires_grad:  # f affine in x: H = 0
             return torch.zeros_like(v)
-        (hv,) = torch.autograd.grad(self._grad, self.x, v, retain_graph=True, allow_unused=True)
+        with exact_float32():
+            (hv,) = torch.autograd.grad(self._grad, self.x, v, retain_graph=True, allow_unused=True)
         return torch.zeros_like(v) if hv is None else hv
 
 
@@ -168,8 +171,9 @@ def hvp(f: ScalarFunction, x: torch.Tensor, v: torch.Tensor, mode: str = "revers
             evaluate(f, x)
         grad_of_sum = torch.func.grad(lambda z: f(z).sum())
         x0 = x.detach()
-        out = torch.func.vmap(lambda u: torch.func.jvp(grad_of_sum, (x0,), (u,))[1],
-                              in_dims=1, out_dims=1)(vs)
+        with exact_float32():
+            out = torch.func.vmap(lambda u: torch.func.jvp(grad_of_sum, (x0,), (u,))[1],
+                                  in_dims=1, out_dims=1)(vs)
     else:
         raise ValueError(f"mode must be 'reverse' or 'forward', got {mode!r}")
     return out if many else out[:, 0]

@@ -12,6 +12,7 @@ import torch
 
 from geomexpl.checks import check_tensor
 from geomexpl.geometry.derivatives import ScalarFunction, evaluate, gradient_norm, value_and_gradient
+from geomexpl.numerics import exact_float32
 
 
 def path_length(path: torch.Tensor) -> torch.Tensor:
@@ -60,7 +61,7 @@ def _newton(f: ScalarFunction, x: torch.Tensor, c: torch.Tensor, steps: int) -> 
 
 def _value_and_gradient(f: ScalarFunction, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), exact_float32():
         value = f(x)
         (grad,) = torch.autograd.grad(value.sum(), x)
     return value.detach(), grad
