@@ -75,9 +75,9 @@ def _one_shot(tree: Path, device: str, threads: int, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _interleaved(workers: dict, cases: list[str], rounds: int) -> dict:
-    for worker in workers.values():  # warm-up round
-        for case in cases:
+def _interleaved(workers: dict, cases: list[str], rounds: int, warmup: bool = True) -> dict:
+    for worker in workers.values():  # warm-up: a full round, or the build and one call of each kind
+        for case in cases if warmup else [cases[0]] + [c for c in cases if c.endswith("attack 1 steps")]:
             worker.time(case)
     samples = {(engine, c): [] for engine in workers for c in cases}
     for _ in range(rounds):
@@ -91,41 +91,46 @@ def _step(t: dict, engine: str, prefix: str) -> float:
     return (t[engine, f"{prefix} attack {LONG} steps"] - t[engine, f"{prefix} attack 1 steps"]) / (LONG - 1)
 
 
-def run(report, quick: bool, device: str = "cpu", threads: int = 1, baseline: str = BASELINE) -> None:
+PARTS = ("digits", "vgg16", "memory", "profile", "ig")
+
+
+def run(report, quick: bool, device: str = "cpu", threads: int = 1, baseline: str = BASELINE,
+        parts: tuple[str, ...] = PARTS) -> None:
+    """The parts of the benchmark, each adding rows under benchmark 'attack <part>'."""
     trees = {"new": REPO, f"baseline {baseline}": _baseline_tree(baseline)}
     report.meta.update({"attack threads": threads, "attack device": device, "attack baseline": baseline})
-    families = [("digits", 3 if quick else 7, ["digits b64 input gradient (ReLU)", "digits b64 input gradient (twin)",
-                                              "digits b1 input gradient (ReLU)"]
-                 + [f"digits b{n} {m} attack {s} steps" for m in ("gradient", "lrp") for n in (64, 1)
-                    for s in (1, LONG)])]
-    if not quick:
-        families.append(("vgg16", 3, ["vgg16 b1 input gradient (ReLU)", "vgg16 b1 input gradient (twin)"]
-                         + [f"vgg16 b1 {m} attack {s} steps" for m in ("gradient", "lrp") for s in (1, LONG)]))
-    for family, rounds, cases in families:
+    for family, rounds in (("digits", 3 if quick else 5), ("vgg16", 1)):
+        if family not in parts or (quick and family == "vgg16"):
+            continue
+        batch = 64 if family == "digits" else 1
+        cases = [f"{family} b{batch} input gradient (ReLU)", f"{family} b{batch} input gradient (twin)"]
+        cases += [f"{family} b{n} {m} attack {s} steps" for m in ("gradient", "lrp")
+                  for n in ((64, 1) if family == "digits" else (1,)) for s in (1, LONG)]
         workers = {name: Worker(tree, device, threads) for name, tree in trees.items()}
         try:
-            t = _interleaved(workers, cases, rounds)
+            t = _interleaved(workers, cases, rounds, warmup=family == "digits")
         finally:
             for w in workers.values():
                 w.close()
         for engine in trees:
             _report_family(report, t, engine, family)
-    for engine, tree in trees.items():
-        for n in (1, 64):
-            m = _one_shot(tree, device, threads, "--memory", f"digits b{n} gradient attack 1 steps")
-            if "error" not in m:
-                report.add("attack", f"{engine}: digits b{n} 'gradient' attack, resident peak per image above setup",
-                           (m["rss_peak_kb"] - m["rss_before_kb"]) / 1024 / n, "MiB")
-    for family in ("digits",) if quick else ("digits", "vgg16"):
-        for method in ("gradient", "lrp"):
-            _profile(report, device, threads, family, method, quick)
-    if not quick:
+    if "memory" in parts:
+        for engine, tree in trees.items():
+            for n in (1, 64):
+                m = _one_shot(tree, device, threads, "--memory", f"digits b{n} gradient attack 1 steps")
+                if "error" not in m:
+                    report.add("attack memory", f"{engine}: digits b{n} 'gradient' attack call, resident peak "
+                               "per image above setup", (m["rss_peak_kb"] - m["rss_before_kb"]) / 1024 / n, "MiB")
+    if "profile" in parts:
+        for family in ("digits",) if quick else ("digits", "vgg16"):
+            for method in ("gradient", "lrp"):
+                _profile(report, device, threads, family, method, quick or family == "vgg16")
+    if "ig" in parts and not quick:
         _integrated_gradients(report, device, threads)
 
 
 def _profile(report, device: str, threads: int, family: str, method: str, quick: bool) -> None:
-    args = ("--profile", family, method) + (("--quick",) if quick else ())
-    phases = _one_shot(REPO, device, threads, *args)
+    phases = _one_shot(REPO, device, threads, "--profile", family, method, *(("--quick",) if quick else ()))
     if "error" in phases:
         return
     grad = phases.pop("input gradient (ReLU)")
@@ -138,17 +143,17 @@ def _profile(report, device: str, threads: int, family: str, method: str, quick:
 def _report_family(report, t: dict, engine: str, family: str) -> None:
     batch = 64 if family == "digits" else 1
     grad = t[engine, f"{family} b{batch} input gradient (ReLU)"]
-    report.add("attack", f"{engine}: {family} b{batch} input gradient, twin / ReLU",
+    report.add(f"attack {family}", f"{engine}: {family} b{batch} input gradient, twin / ReLU",
                t[engine, f"{family} b{batch} input gradient (twin)"] / grad, "x")
     for method, goal in (("gradient", 3), ("lrp", 4)):
         ratio = _step(t, engine, f"{family} b{batch} {method}") / grad
-        report.add("attack", f"{engine}: {family} b{batch} '{method}' step / ReLU input gradient", ratio, "x",
+        report.add(f"attack {family}", f"{engine}: {family} b{batch} '{method}' step / ReLU input gradient", ratio, "x",
                    f"<= {goal}", ratio <= goal)
         if family == "digits":
             per_image = _step(t, engine, f"digits b1 {method}") / (_step(t, engine, f"digits b64 {method}") / 64)
-            report.add("attack", f"{engine}: digits '{method}' step per image, batch 1 / batch 64", per_image, "x",
+            report.add("attack digits", f"{engine}: digits '{method}' step per image, batch 1 / batch 64", per_image, "x",
                        ">= 3", per_image >= 3)
-            report.add("attack", f"{engine}: digits b64 '{method}' step time per image",
+            report.add("attack digits", f"{engine}: digits b64 '{method}' step time per image",
                        _step(t, engine, f"digits b64 {method}") / 64 * 1e3, "ms")
 
 
@@ -156,32 +161,38 @@ def _integrated_gradients(report, device: str, threads: int) -> None:
     for batch_size, label in ((512, "whole path"), (10, "chunks of 10 points")):
         r = _one_shot(REPO, device, threads, "--ig-batch-size", str(batch_size))
         if "error" in r:
-            report.add("attack", f"new: vgg16 b1 IG (30 points, {label}) step FAILED: {r['error'][:80]}", 0, "")
+            report.add("attack ig", f"new: vgg16 b1 IG (30 points, {label}) step FAILED: {r['error'][:80]}", 0, "")
             continue
         ratio = r["step_s"] / r["grad_s"]
-        report.add("attack", f"new: vgg16 b1 IG (30 points, {label}) step / ReLU input gradient", ratio, "x",
+        report.add("attack ig", f"new: vgg16 b1 IG (30 points, {label}) step / ReLU input gradient", ratio, "x",
                    "<= 90", ratio <= 90)
-        report.add("attack", f"new: vgg16 b1 IG (30 points, {label}) resident peak of the process",
+        report.add("attack ig", f"new: vgg16 b1 IG (30 points, {label}) resident peak of the process",
                    r["rss_peak_kb"] / 1024 ** 2, "GiB", "<= 4", r["rss_peak_kb"] / 1024 ** 2 <= 4)
 
 
 def main() -> None:
     import argparse
 
-    from benchmarks.harness import Report
+    from benchmarks.harness import Report, Row
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_attack", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--baseline", default=BASELINE)
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     parser.add_argument("--write-results", action="store_true",
-                        help="write benchmarks/attack_results.{json,md} (committed); otherwise print only")
+                        help="update benchmarks/attack_results.{json,md} (committed): the rows of the parts "
+                             "run now replace those of an earlier run, the other parts' rows are kept")
     args = parser.parse_args()
     report = Report()
-    run(report, args.quick, args.device, args.threads, args.baseline)
-    out = Path(__file__).parent
+    run(report, args.quick, args.device, args.threads, args.baseline, tuple(args.parts))
     if args.write_results:
+        out = Path(__file__).parent
+        kept = json.loads((out / "attack_results.json").read_text()) if (out / "attack_results.json").exists() else {}
+        done = {f"attack {p}" for p in args.parts}
+        report.rows = [Row(**r) for r in kept.get("rows", []) if r["benchmark"] not in done] + report.rows
+        report.meta = {**kept.get("meta", {}), **report.meta}
         report.write(out, stem="attack_results")
     print(report.markdown())
 

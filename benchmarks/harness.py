@@ -59,9 +59,9 @@ class Report:
         self.rows.append(Row(benchmark, measure, float(value), unit, goal, met))
 
     def _meta(self) -> dict:
-        return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+        return {**self.meta, "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
                 "threads": torch.get_num_threads(),
-                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, **self.meta}
+                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
     def markdown(self, title: str = "Benchmarks") -> str:
         lines = [f"# {title}\n\n{json.dumps(self._meta())}\n",
