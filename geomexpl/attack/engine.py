@@ -158,6 +158,9 @@ def _config(model, x, target_map, method, steps, lr, weights, beta_growth, smoot
     if method not in METHODS:
         raise ValueError(f"unknown explanation method {method!r}; available: {sorted(METHODS)}")
     check_tensor(x, "x", min_dim=2)
+    lo, hi = channel_bounds(x, *bounds)
+    if not bool((lo < hi).all()):
+        raise ValueError(f"bounds need lower < upper, got {bounds!r}")
     check_in_range(x, *bounds, name="x")
     check_tensor(target_map, "target_map", min_dim=2)
     with torch.no_grad():

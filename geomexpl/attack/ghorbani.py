@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from geomexpl.checks import channel_bounds, check_in_range, check_tensor
-from geomexpl.explain import explain, relevance_map, resolve_target
+from geomexpl.explain import METHODS, explain_trusted, relevance_map_trusted, resolve_target
 from geomexpl.nets import softplus_twin
 
 
@@ -23,6 +23,8 @@ def ghorbani_attack(model: nn.Module, x: torch.Tensor, region: torch.Tensor, met
     ``beta``: the softplus surrogate whose gradient drives the steps (the class check and the
     returned image use the ReLU model).
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown explanation method {method!r}; available: {sorted(METHODS)}")
     check_tensor(x, "x", min_dim=2)
     check_in_range(x, *bounds, name="x")
     region = region.to(x)
@@ -31,18 +33,20 @@ def ghorbani_attack(model: nn.Module, x: torch.Tensor, region: torch.Tensor, met
         raise ValueError(f"region must have shape {map_shape}, got {tuple(region.shape)}")
     target = resolve_target(model, x, target)
     lo, hi = channel_bounds(x, *bounds)
+    if not bool((lo < hi).all()):
+        raise ValueError(f"bounds need lower < upper, got {bounds!r}")
     surrogate = softplus_twin(model, beta)
     x_adv = x.detach().clone()
     active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     for _ in range(steps):
         xg = x_adv.clone().requires_grad_(True)
-        inside = (relevance_map(explain(surrogate, xg, method, target, bounds=bounds, **method_options))
-                  * region).flatten(1).sum(1)
+        h = explain_trusted(surrogate, xg, method, target, bounds=(lo, hi), **method_options)
+        inside = (relevance_map_trusted(h) * region).flatten(1).sum(1)
         (grad,) = torch.autograd.grad(inside.sum(), xg)
         with torch.no_grad():
             proposal = torch.maximum(torch.minimum(x_adv + step_size * grad.sign(), hi), lo)
             active &= model(proposal).argmax(1) == target
             x_adv = torch.where(active.view(-1, *([1] * (x.dim() - 1))), proposal, x_adv)
-        if not active.any():
+        if not active.any():  # the one host read of a step: stop once every example's class would change
             break
     return x_adv
