@@ -36,14 +36,14 @@ def _captum_call(attr, method: str, model, x, target):
     return call
 
 
-def run(report, quick: bool) -> None:
+def run(report, quick: bool, device: str = "cpu") -> None:
     try:
         from captum import attr
     except ImportError:  # the comparison rows need the optional oracle dependency
         attr = None
-    model = nets.pretrained("vgg", "digits", progress=False)
-    images, _ = data.load("digits", "test")
-    train, _ = data.load("digits", "train")
+    model = nets.pretrained("vgg", "digits", progress=False).to(device)
+    images = data.load("digits", "test")[0].to(device)
+    train = data.load("digits", "train")[0].to(device)
     x = images[:64]
     target = model(x).argmax(1)
     repeats = 2 if quick else 5
@@ -54,7 +54,8 @@ def run(report, quick: bool) -> None:
     if attr is not None:
         for method in (m for m in CAPTUM_NAMES if m in methods or not quick):
             t = side_by_side({"ours": lambda m=method: explain(model, x, m, target),
-                              "captum": _captum_call(attr, method, model, x, target)}, repeats=repeats)
+                              "captum": _captum_call(attr, method, model, x, target)},
+                             repeats=repeats, device=device)
             ratio = t["ours"] / t["captum"]
             report.add("explain", f"{method}: ours / captum time, batch 64", ratio, "x", "<= 1", ratio <= 1)
 
@@ -69,7 +70,7 @@ def run(report, quick: bool) -> None:
                  "b1": lambda m=method: explain(model, x[:1], m, target[:1], **options[m])}
         if attack_loss()[0].requires_grad:  # Deconvnet's h does not depend on x: nothing to differentiate
             cases["double"] = lambda m=method: torch.autograd.grad(*attack_loss(m))
-        t = side_by_side(cases, repeats=repeats)
+        t = side_by_side(cases, repeats=repeats, device=device)
         per_image = t["b1"] / (t["b64"] / 64)
         report.add("explain", f"{method}: per-image time, batch 1 / batch 64", per_image, "x", ">= 3",
                    per_image >= 3)
