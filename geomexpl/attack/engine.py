@@ -214,7 +214,8 @@ class Objective:
             with torch.no_grad():
                 ref_out = _output(surrogate(self.x), cfg.output)
         with capture_logits(x_adv) as shared:  # the methods hand over the logits of their own forward
-            h = explain_trusted(self.smoothed or surrogate, x_adv, cfg.method, self.target,
+            net = surrogate if self.smoothed is None else self.smoothed
+            h = explain_trusted(net, x_adv, cfg.method, self.target,
                                 smoothgrad=cfg.smoothgrad, noise_level=cfg.noise_level, bounds=self.bounds,
                                 generator=self.generator, **self.options)
         logits = shared.get("logits") if self.smoothed is None else None
