@@ -110,6 +110,11 @@ class _DataFactories(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+# At import, i.e. during pytest's collection, before any test runs a backward pass: the autograd
+# engine sizes its per-device queues when it first starts, and a device registered later has none.
+register()
+
+
 @contextmanager
 def simulated_device():
     """Yields ``(device, counter)``: inside, tensors made on ``device`` are fake and counted."""

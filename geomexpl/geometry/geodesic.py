@@ -18,6 +18,11 @@ from geomexpl.numerics import exact_float32
 def path_length(path: torch.Tensor) -> torch.Tensor:
     """sum_t |x_{t+1} - x_t|: [B] for a path [T, B, ...], a scalar for one path [T, d]."""
     check_tensor(path, "path", min_dim=2)
+    return _length(path)
+
+
+def _length(path: torch.Tensor) -> torch.Tensor:
+    """:func:`path_length` without the check (a host read): for the geodesic's iterations."""
     steps = path.diff(dim=0)
     if path.dim() == 2:
         return steps.norm(dim=1).sum()
@@ -129,7 +134,7 @@ def geodesic_distance(f: ScalarFunction, x0: torch.Tensor, x1: torch.Tensor, n_p
             laplacian = path[:-2] + path[2:] - 2 * path[1:-1]
             path = torch.cat([path[:1], path[1:-1] + step * laplacian, path[-1:]])
             path = _project_interior(f, _resample(path, size), c, project_steps)
-            length, previous = path_length(path), length
+            length, previous = _length(path), length
             if (i + 1) % check_every == 0 and ((previous - length).abs() <= rtol * length).all():
                 break
     check_tensor(path, "geodesic path", min_dim=2)
