@@ -44,7 +44,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from geomexpl.checks import check_tensor
+from geomexpl.checks import check_eval, check_tensor
 from geomexpl.explain.registry import register
 from geomexpl.nets import softplus_beta, unwrap
 from geomexpl.nets.activations import CALLS, COMPARISONS, classify, method_call, module_verdict
@@ -545,11 +545,11 @@ def forward_trace(model: nn.Module, x: torch.Tensor, method: str = "propagation"
     net, beta = unwrap(model)
     graph = compile_graph(net)
     graph.check(method)
+    check_eval(net, f"method {method!r}")
     for name, module in net.named_modules():
-        if isinstance(module, (*_BATCHNORM, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)) and (
-                module.training or (isinstance(module, _BATCHNORM) and module.running_var is None)):
-            raise ValueError(f"method {method!r} needs the model in eval mode with running statistics: "
-                             f"layer {name!r} ({type(module).__name__}) is training; call model.eval()")
+        if isinstance(module, _BATCHNORM) and module.running_var is None:
+            raise ValueError(f"method {method!r} needs batch norms with running statistics: layer {name!r} "
+                             f"({type(module).__name__}) has track_running_stats=False")
     values: dict[str, torch.Tensor] = {}
     maps: dict[str, LinearMap] = {}
     argmax: dict[str, torch.Tensor] = {}

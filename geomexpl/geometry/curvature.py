@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-from geomexpl.checks import check_tensor
+from geomexpl.checks import check_smooth, check_tensor
 from geomexpl.geometry.derivatives import HessianVectorProduct, ScalarFunction, gradient_norm, hessian
 from geomexpl.geometry.lanczos import WHICH, batched_lanczos, select
 
@@ -128,6 +128,8 @@ def principal_curvatures(f: ScalarFunction, x: torch.Tensor, k: int = 6, which: 
     solvers = {"lanczos": _by_eigsh, "torch": _by_torch_lanczos, "dense": _by_dense}
     if method not in solvers:
         raise ValueError(f"method must be one of {tuple(solvers)}, got {method!r}")
+    if getattr(f, "model", None) is not None:  # f = logit(model, k)
+        check_smooth(f.model, x, "principal_curvatures")
     if method == "dense" and d > max_dense_dim:
         raise ValueError(f"method='dense' builds the {d}x{d} Hessian per example; d={d} exceeds "
                          f"max_dense_dim={max_dense_dim}. Use method='lanczos' or 'torch'")

@@ -123,6 +123,14 @@ class SoftplusTwin(nn.Module):
         return f"beta={self.beta}"
 
 
+def count_relus(model: nn.Module, x: torch.Tensor) -> int:
+    """How many ReLU spellings one forward pass of ``model`` on ``x`` computes (kinks raise)."""
+    mode = _ReluAsSoftplus(1.0)
+    with torch.no_grad(), mode:
+        model(x)
+    return mode.relus
+
+
 def softplus_twin(model: nn.Module, beta: float | None) -> SoftplusTwin:
     """``model`` computed with softplus_beta instead of ReLU (beta None or inf: ReLU itself)."""
     return SoftplusTwin(model, beta)
