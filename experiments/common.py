@@ -232,14 +232,14 @@ def execute(name: str, cfg: dict, workdir: str, device: str, task: dict) -> list
 
 
 def run_study(name: str, out: Path, *, quick: bool = False, seed: int = 0, executor: str = "local",
-              device: str = "auto") -> Run:
+              device: str = "auto", overwrite: bool = False) -> Run:
     """Run the pending tasks of study ``name`` under ``out/name`` and make its figures and claims."""
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {sorted(EXECUTORS)}, got {executor!r}")
     module = study(name)
     cfg = {"study": name, "quick": quick, "seed": seed, **module.config(quick)}
     workdir = Path(out) / name
-    runs.start_run(workdir, cfg, seed, runs.resolve_device(device))
+    runs.start_run(workdir, {"command": "experiments", **cfg}, seed, runs.resolve_device(device), overwrite=overwrite)
     table = runs.ResultTable(workdir / "results.csv", key=("task",))
     planned = module.tasks(cfg)
     pending = [t for t in planned if not table.done(task=t["task"])]
