@@ -51,8 +51,9 @@ def claim_run(out: Path, options: dict, *, overwrite: bool = False) -> bool:
     """The run-folder rule of every command; writes nothing. True when ``out`` holds this same run.
 
     ``out`` may be missing or empty (a new run), or hold a run whose ``config.json`` has the same
-    options (resumed, or redone where a command has no steps). A folder holding another run, or
-    files that are not a run, is refused unless ``overwrite``: then its contents are deleted.
+    options (resumed, or redone where a command has no steps). A folder holding another run is
+    refused unless ``overwrite`` (then it is deleted); one holding files but no ``config.json`` is
+    always refused, so --overwrite can never delete a folder that is not a run.
     Options should name the command and the device type (a resume on another device is refused).
     """
     out = Path(out)
@@ -61,13 +62,15 @@ def claim_run(out: Path, options: dict, *, overwrite: bool = False) -> bool:
     if not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
     path = out / "config.json"
-    stored = json.loads(path.read_text()).get("options") if path.is_file() else None
+    if not path.is_file():  # never deleted, not even with --overwrite: it may be anything
+        raise ValueError(f"{out} holds files but no run (no config.json); choose a new or empty --out")
+    stored = json.loads(path.read_text())
+    stored = stored.get("options") if isinstance(stored, dict) else None
     if stored == json.loads(json.dumps(options, default=_plain)):
         return True
     if not overwrite:
-        what = (f"a run with other options (stored {stored}, asked {options})" if stored is not None
-                else "files of something other than a run of this command")
-        raise ValueError(f"{out} holds {what}; choose another --out, or pass --overwrite to replace it")
+        raise ValueError(f"{out} holds a run with other options (stored {stored}, asked {options}); choose "
+                         "another --out, or pass --overwrite to replace it")
     shutil.rmtree(out)
     return False
 

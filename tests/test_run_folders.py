@@ -45,8 +45,10 @@ def test_claim_run_resumes_the_same_run_and_refuses_another(tmp_path):
     stray = tmp_path / "stray"
     stray.mkdir()
     (stray / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="something other than a run"):
-        runs.claim_run(stray, {"command": "x"})
+    for overwrite in (False, True):  # --overwrite never deletes a folder that is not a run
+        with pytest.raises(ValueError, match="holds files but no run"):
+            runs.claim_run(stray, {"command": "x"}, overwrite=overwrite)
+    assert (stray / "notes.txt").read_text() == "mine"
 
 
 # ------------------------------------------------------------------ every command

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from geomexpl.runs import add_overwrite, claim_run, environment
+from geomexpl.runs import add_overwrite, claim_run, environment, write_json
 from theory_checks.report import write_run
 
 # name -> module path (imported lazily), in report order. A module exposes NAME and
@@ -47,6 +47,7 @@ def _run(args) -> int:
     options = {"command": "theory_checks", "checks": names, "quick": args.quick, "seed": args.seed, "device_type": "cpu"}
     claim_run(args.out, options, overwrite=args.overwrite)  # the report is written only at the end
     config = {"options": options, **environment(args.seed, device="cpu", quick=args.quick), "checks": names}
+    write_json(args.out / "config.json", config)  # an interrupted run is this run, resumable by rerunning
     results = []
     for name in names:
         start = time.perf_counter()
