@@ -165,7 +165,7 @@ def test_gradient_and_lrp_epsilon_match_captum(case):
     # LRP-epsilon with eps -> 0 is gradient x input on ReLU nets (Ancona et al. 2018)
     x_grad = captum_attr.InputXGradient(net).attribute(x.clone().requires_grad_(True), target=target)
     torch.testing.assert_close(explain(net, x, "lrp_epsilon", target, epsilon=1e-13), x_grad,
-                               rtol=1e-6, atol=1e-6 * float(x_grad.abs().max()))
+                               rtol=1e-6, atol=1e-6 * float(x_grad.detach().abs().max()))
     # under the twin the engine's ReLU rule is the softplus derivative: autograd of the twin
     twin = softplus_twin(net, 3.0)
     xg = x.clone().requires_grad_(True)

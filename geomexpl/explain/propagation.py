@@ -47,7 +47,7 @@ from torch import nn
 from geomexpl.checks import check_eval, check_tensor
 from geomexpl.explain.registry import register
 from geomexpl.nets import softplus_beta, unwrap
-from geomexpl.nets.activations import CALLS, COMPARISONS, classify, method_call, module_verdict
+from geomexpl.explain.fx_activations import node_activation
 
 __all__ = ["RULE_SETS", "Rules", "Step", "UnsupportedLayerError", "explanation_method", "forward_trace",
            "layer_names", "propagate", "route_max", "rule_set"]
@@ -191,7 +191,6 @@ _SHAPE_METHODS = {"flatten", "view", "reshape", "contiguous"}
 _HELPER_FUNCTIONS = {getattr, operator.getitem, operator.mul, operator.floordiv, operator.sub,
                      operator.add}
 _HELPER_METHODS = {"size", "dim"}
-_ZERO_FUNCTIONS = {torch.zeros_like, torch.zeros}
 _MAXPOOL_WITH_INDICES = {1: F.max_pool1d_with_indices, 2: F.max_pool2d_with_indices,
                          3: F.max_pool3d_with_indices}
 
@@ -363,14 +362,11 @@ def _classify(model, traced, node: fx.Node, name: str, ins: list[str], layers: d
               tensors: set) -> Layer | None:
     """The Layer for one fx node (None when a batch norm is folded into its conv/linear)."""
     target = node.target
-    if node.op == "get_attr":
-        if _is_zero_node(traced, node):
-            value = getattr(traced, target)
-            return Layer(name, "helper", "zero constant", ("mask",), run=lambda env: value)
-        return Layer(name, "unsupported", f"parameter access {target!r} inside forward")
     activation = _activation_layer(model, traced, node, name, rename, tensors)
     if activation is not None:
         return activation
+    if node.op == "get_attr":
+        return Layer(name, "unsupported", f"parameter access {target!r} inside forward")
     if node.op == "call_module":
         module = model.get_submodule(target)
         kind_name = f"{type(module).__name__} {target!r}"
@@ -433,60 +429,19 @@ def _classify(model, traced, node: fx.Node, name: str, ins: list[str], layers: d
 def _activation_layer(model, traced, node: fx.Node, name: str, rename: dict, tensors: set) -> Layer | None:
     """A ReLU layer for every ReLU spelling, an unsupported one for kinks and smooth activations;
     comparisons and zero constants become mask helpers (legal only inside a ReLU spelling)."""
-    if node.op == "call_module":
-        verdict = module_verdict(model.get_submodule(node.target))
-        source = node.args[0] if node.args else None
-        label = f"{verdict.op} {node.target!r}" if verdict else ""
-    elif node.op in ("call_function", "call_method"):
-        func = node.target if node.op == "call_function" else method_call(node.target)
-        kind = CALLS.get(func)
-        if func in _ZERO_FUNCTIONS or (node.op == "call_method" and node.target == "new_zeros"):
-            return Layer(name, "helper", "zeros", ("mask",))
-        if kind == "compare":
-            return Layer(name, "helper", "comparison", ("mask",))
-        if kind is None:
-            return None
-        if kind == "smooth":
-            return Layer(name, "unsupported", f"{node.target if node.op == 'call_method' else func.__name__}: a smooth "
-                         "activation other than ReLU")
-        comparison = lambda n: _comparison_node(n)  # noqa: E731
-        verdict = classify(func, node.args, node.kwargs, lambda v: _is_zero_node(traced, v), comparison,
-                           lambda v: isinstance(v, fx.Node))
-        source = verdict.x if verdict else None
-        label = verdict.op if verdict else ""
-    else:
+    found = node_activation(model, traced, node)
+    if found is None:
         return None
-    if verdict is None:
-        return None
-    if verdict.kind == "kink":
-        return Layer(name, "unsupported", label)
+    if found.kind == "mask":
+        value = getattr(traced, node.target) if node.op == "get_attr" else None
+        return Layer(name, "helper", found.label, ("mask",), run=(lambda env: value) if node.op == "get_attr" else None)
+    if found.kind != "relu":
+        return Layer(name, "unsupported", found.label)
+    source = found.source
     if not isinstance(source, fx.Node) or rename.get(source.name, source.name) not in tensors:
-        return Layer(name, "unsupported", f"{label} of a non-tensor")
-    return Layer(name, "relu", label, (rename.get(source.name, source.name),),
-                 inplace_of=source.name if verdict.inplace else None)
-
-
-def _comparison_node(node):
-    """``(op, lhs, rhs)`` of an fx comparison node, else None."""
-    if not isinstance(node, fx.Node) or node.op not in ("call_function", "call_method") or len(node.args) != 2:
-        return None
-    func = node.target if node.op == "call_function" else method_call(node.target)
-    return (COMPARISONS[func], *node.args) if func in COMPARISONS else None
-
-
-def _is_zero_node(traced, v) -> bool:
-    """v is the constant 0: a number, zeros_like/zeros/new_zeros, or an all-zero constant tensor."""
-    if not isinstance(v, fx.Node):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0
-    if v.op == "call_function" and v.target in _ZERO_FUNCTIONS:
-        return True
-    if v.op == "call_method" and v.target == "new_zeros":
-        return True
-    if v.op == "get_attr":
-        value = getattr(traced, v.target, None)
-        return (isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and value.numel() > 0
-                and not bool(value.any()))
-    return False
+        return Layer(name, "unsupported", f"{found.label} of a non-tensor")
+    return Layer(name, "relu", found.label, (rename.get(source.name, source.name),),
+                 inplace_of=source.name if found.inplace else None)
 
 
 def _sum_layer(name: str, ins: list[str], alpha: float) -> Layer:

@@ -63,6 +63,11 @@ class Verdict(NamedTuple):
     inplace: bool = False
 
 
+def is_zero_number(v) -> bool:
+    """v is the number 0 (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0
+
+
 def method_call(target: str):
     """The function object of ``Tensor.<target>`` (how an fx call_method names it), or None."""
     return getattr(torch.Tensor, target, None)

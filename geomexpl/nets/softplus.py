@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from geomexpl.nets.activations import CALLS, COMPARISONS, SMOOTH, classify, module_verdict
+from geomexpl.nets.activations import CALLS, COMPARISONS, SMOOTH, classify, is_zero_number, module_verdict
 
 
 class UnsupportedActivationError(TypeError):
@@ -48,7 +48,7 @@ def check_activations(model: nn.Module) -> None:
 def _is_zero(v) -> bool:
     if isinstance(v, torch.Tensor):
         return not v.requires_grad and v.numel() > 0 and not bool(v.any())
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0
+    return is_zero_number(v)
 
 
 class _ReluAsSoftplus(TorchFunctionMode):
