@@ -40,7 +40,8 @@ def test_every_study_is_registered_with_the_interface():
         cfg = {"study": name, "quick": True, "seed": 0, **module.config(True)}
         keys = [t["task"] for t in module.tasks(cfg)]
         assert keys and len(keys) == len(set(keys)), name  # independent, uniquely named tasks
-        assert isinstance(module.TITLE, str) and callable(module.run_task) and callable(module.finish)
+        assert isinstance(module.TITLE, str) and callable(module.run_task)
+        assert callable(module.figures) and callable(module.claims)
     with pytest.raises(ValueError, match="unknown study"):
         common.study("fig99")
 
@@ -139,3 +140,34 @@ def test_every_study_runs_quick_end_to_end(tmp_path):
         assert figures and all((out / f).stat().st_size > 0 for f in figures), name
     report = (tmp_path / "REPORT.md").read_text()
     assert all(f"## {name}:" in report for name in common.STUDIES)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path("experiments") / "results"  # relative: the report names the folder as given
+
+
+def test_committed_report_is_rederived_from_the_committed_tables(monkeypatch):
+    """Every number and verdict of experiments/REPORT.md follows from the committed tables: editing
+    either by hand (or a table without re-making the report) fails here."""
+    monkeypatch.chdir(ROOT)
+    names = [n for n in common.STUDIES if (RESULTS / n / "config.json").is_file()]
+    assert names, "no committed study tables under experiments/results"
+    lines, shown = common.report_lines(RESULTS, common.STUDIES)
+    assert (ROOT / "experiments" / "REPORT.md").read_text() == "\n".join(lines) + "\n"
+    for name, figures in shown.items():  # every figure the report shows is committed
+        assert all((ROOT / "experiments" / "report_figures" / f"{name}__{f}").is_file() for f in figures), name
+
+
+def test_a_changed_table_value_changes_the_derived_report(tmp_path):
+    """The re-derivation really reads the numbers: shifting one study's map PCC changes its verdicts."""
+    out = tmp_path / "results"
+    assert main(["supp_second_dataset", "--out", str(out), "--quick"]) == 0
+    before, _ = common.report_lines(out, ["supp_second_dataset"])
+    path = out / "supp_second_dataset" / "results.csv"
+    rows = _rows(path)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([{**r, "map_pcc": str(float(r["map_pcc"]) + 0.5)} for r in rows])
+    after, _ = common.report_lines(out, ["supp_second_dataset"])
+    assert before != after
