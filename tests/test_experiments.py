@@ -171,3 +171,25 @@ def test_a_changed_table_value_changes_the_derived_report(tmp_path):
         writer.writerows([{**r, "map_pcc": str(float(r["map_pcc"]) + 0.5)} for r in rows])
     after, _ = common.report_lines(out, ["supp_second_dataset"])
     assert before != after
+
+
+def test_readme_training_times_and_accuracies_match_the_weight_files():
+    """The README's zoo facts are read from the metadata stored in the bundled weight files."""
+    import re
+
+    from geomexpl import nets
+
+    bundled = ROOT / "geomexpl" / "nets" / "pretrained"
+    readme = (ROOT / "README.md").read_text()
+    archs = ("vgg", "resnet", "alexnet", "densenet", "mlp")
+    meta = {(a, d): nets.metadata(a, d, bundled) for a in archs for d in ("digits", "faces")}
+    for dataset in ("digits", "faces"):
+        times = {a: meta[a, dataset]["train_seconds"] for a in archs}
+        fastest, slowest = min(times.values()), max(times.values())
+        assert f"{fastest:.0f} s (MLP) to {slowest:.0f} s" in readme, dataset
+    for arch in archs:
+        row = re.search(rf"^\| {arch} \| ([\d.]+)% \| ([\d.]+)% \|$", readme, re.M)
+        assert row, arch
+        for dataset, shown in zip(("digits", "faces"), row.groups()):
+            assert float(shown) == pytest.approx(100 * meta[arch, dataset]["test_accuracy"], abs=0.051), (arch, dataset)
+    assert "digits (359 test images)" in readme
