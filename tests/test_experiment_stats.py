@@ -28,6 +28,7 @@ def test_too_few_examples_give_no_interval_and_an_inconclusive_verdict():
     few = stats.median_ci([0.99] * (stats.MIN_N - 1))
     assert few.n == stats.MIN_N - 1 and np.isnan(few.low) and "too few" in str(few)
     assert verdict(few, "map_pcc") == "inconclusive"
+    assert verdict(Interval(0.9, 0.85, 0.95, stats.MIN_N - 1), "map_pcc") == "inconclusive"
     enough = stats.median_ci([0.99] * stats.MIN_N)
     assert (enough.low, enough.high) == (0.99, 0.99) and verdict(enough, "map_pcc") == "agree"
 
