@@ -193,3 +193,11 @@ def test_readme_training_times_and_accuracies_match_the_weight_files():
         for dataset, shown in zip(("digits", "faces"), row.groups()):
             assert float(shown) == pytest.approx(100 * meta[arch, dataset]["test_accuracy"], abs=0.051), (arch, dataset)
     assert "digits (359 test images)" in readme
+
+
+def test_attack_quality_doc_shows_the_table_generated_from_its_folders():
+    from experiments.attack_quality_table import table
+
+    doc = (ROOT / "docs" / "attack_quality" / "README.md").read_text()
+    shown = doc.split("<!-- table: generated -->\n")[1].split("\n<!-- end of table -->")[0].strip()
+    assert shown == table()
