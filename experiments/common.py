@@ -185,7 +185,10 @@ def box_figure(run: "Run", panels, path: Path, group_key: str = "method", **wher
     for ax, (column, label) in zip(axes, panels):
         groups = {g: run.values(column, **{group_key: g}, **where) for g in run.levels(group_key)}
         box_plots({g: v for g, v in groups.items() if v.size}, ax=ax, title=label)
-    fig.savefig(path, dpi=110)
+    sizes = sorted({run.values(panels[0][0], **{group_key: g}, **where).size for g in run.levels(group_key)})
+    fig.suptitle(f"box: 25th-75th percentile, whiskers: 10th-90th percentile, line: median; "
+                 f"N={'/'.join(map(str, sizes))} per box", fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     return path
 
 
@@ -315,7 +318,7 @@ def report_lines(out: Path, names) -> tuple[list[str], dict[str, list[str]]]:
     shown: dict[str, list[str]] = {}
     for name in names:
         if not (Path(out) / name / "config.json").is_file():
-            lines += [f"## {name}: {study(name).TITLE}", "", "Not run (no table under the results folder).", ""]
+            lines += [f"## {name}: {study(name).TITLE}", "", f"Not run: no table under `{out}`.", ""]
             continue
         run = load_run(name, out)
         planned = len(study(name).tasks(run.cfg))
