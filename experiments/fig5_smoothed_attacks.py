@@ -84,6 +84,8 @@ def figures(run) -> None:
                title=f"{arm}: {ARM_TEXT[arm]}")
         ax.title.set_fontsize(8)
     fig.axes[0].set_ylabel("PCC(h_adv, h_t), plain explanation")
+    fig.suptitle(f"one marker per pair (N={run.cfg['n']} per method); above the diagonal: the smoothed explanation "
+                 f"was attacked less well; {run.cfg['steps']} Adam steps", fontsize=9)
     outside_legend(fig.axes[-1])
     fig.savefig(run.path("smoothed_vs_plain.png"), dpi=120, bbox_inches="tight")
 
