@@ -77,7 +77,7 @@ def test_manipulation_figure_layout(tmp_path, rows, channels):
     assert all(len(ax.images) == 1 for ax in fig.axes[: rows * 6])
     perturbation = fig.axes[5].images[0]
     limit = float((x_adv - x).sum(1).abs().max())  # one perturbation scale for the whole figure
-    assert {fig.axes[6 * r + 5].images[0].get_clim() for r in range(rows)} == {(-limit, limit)}
+    assert all(fig.axes[6 * r + 5].images[0].get_clim() == pytest.approx((-limit, limit)) for r in range(rows))
     assert bars[1].get_ylim() == pytest.approx((-limit, limit))  # the colour bar states the range
     np.testing.assert_allclose(perturbation.get_array(), (x_adv - x)[0].sum(0).numpy(), atol=1e-6)
     low, high = perturbation.get_clim()
