@@ -286,8 +286,9 @@ def budget(run: Run) -> str:
         return sorted({float(r[column]) for r in run.rows if r.get(column) not in (None, "")})
 
     parts = []
-    if "n" in run.cfg or "images" in run.cfg:
-        parts.append(f"N={run.cfg.get('n', run.cfg.get('images'))}")
+    size = next((run.cfg[k] for k in ("n", "images", "batch") if k in run.cfg), None)  # pairs, else images
+    if size is not None:
+        parts.append(f"N={size}")
     steps, lrs = distinct("steps") or ([float(run.cfg["steps"])] if "steps" in run.cfg else []), distinct("lr")
     if steps:
         parts.append("steps " + ", ".join(f"{s:g}" for s in steps))
