@@ -204,3 +204,24 @@ def test_attack_quality_doc_shows_the_table_generated_from_its_folders():
     doc = (ROOT / "docs" / "attack_quality" / "README.md").read_text()
     shown = doc.split("<!-- table: generated -->\n")[1].split("\n<!-- end of table -->")[0].strip()
     assert shown == table()
+
+
+@pytest.mark.parametrize("arch,heading", [("vgg", "**VGG**"), ("resnet", "**ResNet**")])
+def test_sanity_doc_random_logit_column_is_read_from_the_committed_run(arch, heading):
+    """docs/sanity.md's random-logit SSIM (median, 10th-90th percentile) per method equals the
+    committed table of `geomexpl sanity` under docs/sanity_runs/<arch>/."""
+    import numpy as np
+
+    path = ROOT / "docs" / "sanity_runs" / arch / "random_logit.csv"
+    rows = _rows(path)
+    doc = (ROOT / "docs" / "sanity.md").read_text()
+    section = doc.split("### Cascading randomisation and random logit")[1].split(heading + "\n")[1]
+    shown = {}
+    for line in section.strip().split("\n\n")[0].splitlines()[2:]:  # the table after the heading
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        shown[cells[0].replace(" (zB + z+)", "")] = cells[-1]
+    assert shown
+    for method, text in shown.items():
+        v = np.array([float(r["ssim"]) for r in rows if r["method"] == method])
+        p10, p90 = np.percentile(v, [10, 90])
+        assert text == f"{np.median(v):.2f} ({p10:.2f}–{p90:.2f})", method
