@@ -136,8 +136,9 @@ def describe(values) -> str:
 def rule_text() -> str:
     """The verdict rule and its thresholds, as written in the report."""
     rows = "; ".join(f"`{k}` {v:g} ({what})" for k, (v, what) in THRESHOLDS.items())
-    return (f"Verdict rule (the project's own, one for every claim): each compared number is a median (or a rate, "
-            f"or a median of paired per-example differences) with a percentile-bootstrap {CONFIDENCE:.0%} "
+    return (f"Verdict rule (the project's own, one for every claim): each compared number is a median (a mean where "
+            f"the text says so: rates, pixel-flipping areas), or the median of paired per-example differences, "
+            f"with a percentile-bootstrap {CONFIDENCE:.0%} "
             f"confidence interval ({RESAMPLES} resamples of the examples, seed {SEED}). **agree** when the whole "
             f"interval lies on the side of the threshold that the paper's claim predicts, **disagree** when it lies "
             f"on the other side, **inconclusive** otherwise or with fewer than {MIN_N} examples; a claim of several "
