@@ -173,7 +173,8 @@ def manipulation_figure(x, map_x, target_map, x_adv, map_adv, path=None, titles=
 
 
 def explanations_figure(x, maps: Mapping, path=None, *, lower=0.0, upper=1.0) -> Figure:
-    """One row per image: the image, then its map for each method (red/blue heatmaps).
+    """One row per image: the image, then its map for each method (red/blue heatmaps, each with a
+    colour bar giving its range).
 
     x: [N, C, H, W]; maps: method name -> [N, H, W].
     """
@@ -189,6 +190,9 @@ def explanations_figure(x, maps: Mapping, path=None, *, lower=0.0, upper=1.0) ->
         image(axes[row, 0], x[row], lower=lower, upper=upper, title="image" if row == 0 else None)
         for col, (name, m) in enumerate(maps.items(), start=1):
             heatmap(axes[row, col], m[row], title=name if row == 0 else None)
+            bar = fig.colorbar(axes[row, col].images[-1], ax=axes[row, col], fraction=0.046, pad=0.02)
+            bar.ax.tick_params(labelsize=5)
+            bar.ax.yaxis.get_offset_text().set_fontsize(5)
     return _save(fig, path)
 
 

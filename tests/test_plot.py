@@ -173,3 +173,14 @@ def test_curves_have_integer_ticks_for_counts_distinct_styles_and_the_legend_off
     fig.canvas.draw()
     legend, axes_box = ax.get_legend().get_window_extent(), ax.get_window_extent()
     assert legend.x0 >= axes_box.x1  # right of the data, never over it
+
+
+def test_explanations_figure_gives_every_map_a_colour_bar_with_its_range(tmp_path):
+    x = torch.rand(2, 1, 8, 8)
+    maps = {"a": torch.randn(2, 8, 8), "b": 5 * torch.randn(2, 8, 8)}
+    fig = plot.explanations_figure(x, maps, tmp_path / "e.png")
+    read_png(tmp_path / "e.png")
+    bars = [ax for ax in fig.axes if not ax.images]  # colour bar axes hold no image
+    assert len(bars) == 4
+    limit = float(maps["b"][1].abs().max())
+    assert bars[-1].get_ylim() == pytest.approx((-limit, limit))
