@@ -1,6 +1,6 @@
 """Plumbing of every long run: device choice, the recorded environment, and resumable result tables.
 
-Results are data (DESIGN principle 6): tidy CSV rows appended as they are produced and flushed to
+Results are data (docs/design.md, principle 6): tidy CSV rows appended as they are produced and flushed to
 disk, so an interrupted run keeps what it wrote and a re-run skips what is done; JSON files are
 written atomically (temporary file, then rename).
 """

@@ -1,4 +1,4 @@
-"""Every explanation method is an exactly differentiable function of x (DESIGN principle 1).
+"""Every explanation method is an exactly differentiable function of x (docs/design.md, principle 1).
 
 On softplus twins of tiny random float64 CNNs covering every layer type the engine knows (conv,
 folded and unfolded batch norm, ReLU modules reused and functional, max / avg / adaptive-avg

@@ -207,7 +207,7 @@ def _figures(out: Path, tables: dict, maps: dict, specs: list[str], config: dict
     plot.percentile_curves(np.arange(len(layers) + 1), ssim, ax=ax, xlabel="layers randomised (from the top)",
                            ylabel="SSIM to the original map", title=f"{config['order']} randomisation, {title}")
     ax.set_xticks(range(len(layers) + 1), ["none"] + layers, rotation=90, fontsize=6)
-    ax.legend(fontsize=6, ncol=2)
+    plot.outside_legend(ax, fontsize=6)
     fig.savefig(out / "randomisation.png", dpi=120, bbox_inches="tight")
     plot.box_plots({spec: [r["ssim"] for r in tables["random_logit"] if r["method"] == spec] for spec in specs},
                    out / "random_logit.png", ylabel="SSIM(true class, random class)",
@@ -256,7 +256,7 @@ def _csc_figure(path: Path, rows: list[dict], specs: list[str], title: str) -> N
     ax.lines[-1].set(color="black", linestyle="--", linewidth=2)
     ax.set_ylim(floor / 2, 1.5)
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
-    ax.legend(fontsize=6, ncol=2)
+    plot.outside_legend(ax, fontsize=6)
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 

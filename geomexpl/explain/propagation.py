@@ -1,4 +1,4 @@
-"""The one propagation engine behind every modified-backprop method (DESIGN principles 1-2).
+"""The one propagation engine behind every modified-backprop method (docs/design.md, principles 1-2).
 
 The model is traced with ``torch.fx`` into a graph of layers. A forward pass records every layer's
 inputs and output; a reverse walk then hands each layer's *signal* (relevance for LRP, a modified

@@ -6,8 +6,8 @@ n = grad f / |grad f|. Since D_u n = P H u / |grad f| with P = I - n n^T, on T_p
     L = P H P / |grad f|,
 
 so the sphere f(x) = |x| of radius r has all principal curvatures +1/r, and replacing f by a f + b
-with a < 0 flips n and every sign. (DESIGN.md writes S = -P H P / |grad g| for the Weingarten map
--D_u n; the issue fixes the sign of L as above.)
+with a < 0 flips n and every sign. (The Weingarten map -D_u n is -P H P / |grad g|, the negative of L;
+the sign used here is L's, as above.)
 
 Excluding the normal direction exactly (deflation): the Householder reflection Q = I - 2 v v^T with
 v = (n + s e_d) / |n + s e_d|, s = sign(n_d), maps n to -s e_d, so its first d-1 columns U are an
