@@ -102,7 +102,7 @@ def load(name: str, split: str = "test", size: int | None = None,
          dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images [N, 1, size, size] in [0, 1], labels [N])`` of a built-in dataset.
 
-    ``load('digits', 'test')``: 360 of scikit-learn's 1797 digits, upsampled from 8x8 to 32x32.
+    ``load('digits', 'test')``: 359 of scikit-learn's 1797 digits, upsampled from 8x8 to 32x32.
     ``load('faces', 'train')``: scikit-image's LFW subset (faces vs non-faces), from 25x25.
     """
     spec_ = spec(name, size)

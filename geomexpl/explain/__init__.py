@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from geomexpl.checks import check_tensor
+from geomexpl.checks import check_eval, check_tensor
 from geomexpl.explain import deeplift, gradients, patterns, rules  # noqa: F401  (register their methods)
 from geomexpl.explain.patterns import Patterns, fit_patterns
 from geomexpl.explain.propagation import UnsupportedLayerError, layer_names, propagate
@@ -57,6 +57,7 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target=None, *, beta
     if method not in METHODS:
         raise ValueError(f"unknown explanation method {method!r}; available: {sorted(METHODS)}")
     check_tensor(x, "x", min_dim=2)
+    check_eval(model, f"explain({method!r})")
     if smoothgrad and (smoothgrad < 1 or noise_level < 0):
         raise ValueError(f"smoothgrad needs N >= 1 and noise_level >= 0, got {smoothgrad}, {noise_level}")
     if beta is not None:

@@ -1,4 +1,4 @@
-"""The one propagation engine behind every modified-backprop method (DESIGN principles 1-2).
+"""The one propagation engine behind every modified-backprop method (docs/design.md, principles 1-2).
 
 The model is traced with ``torch.fx`` into a graph of layers. A forward pass records every layer's
 inputs and output; a reverse walk then hands each layer's *signal* (relevance for LRP, a modified
@@ -15,15 +15,20 @@ Layers understood (anything else raises :class:`UnsupportedLayerError` naming la
   the conv. Any other batch norm (e.g. DenseNet's pre-activation BN after a concatenation) is a
   per-channel affine layer ``z = a x + b`` (a diagonal W), to which each method applies its own
   linear rule.
-* ReLU (``nn.ReLU`` modules, reused or not, ``torch.relu`` / ``F.relu`` / ``Tensor.relu``): under a
-  softplus twin (``unwrap`` gives beta) the forward computes softplus_beta instead.
+* ReLU in every spelling of :mod:`geomexpl.nets.activations` (``nn.ReLU`` modules, reused or not,
+  ``F.relu``, ``Tensor.relu``, ``clamp(min=0)``, ``maximum(z, 0)``, ``where(z > 0, z, 0)``,
+  ``threshold(z, 0, 0)``; in-place forms too, whose later readers see the ReLU's output even
+  when the call's result is discarded): under a softplus twin (``unwrap`` gives beta) the forward
+  computes softplus_beta instead. Kinks (abs, LeakyReLU, other clamps) and smooth activations are
+  refused with the op's name.
 * max pooling (the rules route signals with the recorded argmax), shape-only layers (flatten,
   view/reshape, dropout and identity in eval mode: the signal is reshaped back), channel
   concatenation (``torch.cat``: the signal is split along the concatenated dimension), and
   fan-out (a tensor used twice receives the sum of both signals).
 
-Layer names are torch.fx node names (``layer_names(model)``); the signal recorded under a name is
-the signal of that layer's *output*. ``propagate`` also injects an arbitrary signal at any named
+Layer names (``layer_names(model)``) are the ``named_modules()`` paths of module layers ('features.16';
+a module called twice: its fx node name for the second call) and torch.fx node names of functional
+ones ('add', 'cat_1'); the signal recorded under a name is the signal of that layer's *output*. ``propagate`` also injects an arbitrary signal at any named
 layer (Sixt et al.'s cosine similarity convergence) and returns the signal of every lower layer.
 """
 from __future__ import annotations
@@ -39,9 +44,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from geomexpl.checks import check_tensor
+from geomexpl.checks import check_eval, check_tensor
 from geomexpl.explain.registry import inputs_trusted, offer_logits, register
 from geomexpl.nets import softplus_beta, unwrap
+from geomexpl.explain.fx_activations import node_activation
 
 __all__ = ["RULE_SETS", "Rules", "Step", "UnsupportedLayerError", "explanation_method", "forward_trace",
            "layer_names", "propagate", "route_max", "rule_set"]
@@ -175,7 +181,6 @@ _AVGPOOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.A
             nn.AdaptiveAvgPool3d)
 _SHAPE_MODULES = (nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
                   nn.AlphaDropout)
-_RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
 _ADD_FUNCTIONS = {operator.add, torch.add}
 _CAT_FUNCTIONS = {torch.cat, torch.concat}
 _MAXPOOL_FUNCTIONS = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3}
@@ -214,6 +219,7 @@ class Layer:
     first: bool = False
     inputs_nonneg: bool = False
     gated: bool = False
+    inplace_of: str | None = None  # an in-place ReLU: the fx node whose tensor it overwrites
 
 
 @dataclass
@@ -258,7 +264,9 @@ def _build_graph(model: nn.Module) -> Graph:
             f"cannot trace {type(model).__name__} with torch.fx ({type(err).__name__}: {err}); "
             "modified-backprop methods need a traceable forward") from err
     nodes = list(traced.graph.nodes)
-    rename: dict[str, str] = {}  # folded batch norm -> its conv/linear
+    node_names = {node.name for node in nodes}
+    rename: dict[str, str] = {}  # fx node -> layer: module path, folded batch norm -> conv, in-place ReLU
+    masks: set[str] = set()  # comparisons and zero constants: parts of a ReLU spelling only
     layers: dict[str, Layer] = {}
     tensors: set[str] = set()
     from_input: set[str] = set()
@@ -286,10 +294,19 @@ def _build_graph(model: nn.Module) -> Graph:
             layer = Layer(node.name, "input", "network input")
             from_input.add(node.name)
         else:
+            if node.op == "call_module" and node.target not in node_names and node.target not in layers:
+                rename[node.name] = node.target  # the named_modules() path
             ins = tensor_args(node)
-            layer = _classify(model, node, ins, layers, rename, tensors)
+            layer = _classify(model, traced, node, name_of(node), ins, layers, rename, tensors)
             if layer is None:  # folded into the preceding conv/linear
                 continue
+            used_masks = [n.name for n in node.all_input_nodes if n.name in masks]
+            if layer.kind == "helper" and layer.inputs == ("mask",):
+                masks.add(node.name)
+                layer.inputs = ()
+            elif used_masks and layer.kind != "relu":
+                layer = Layer(layer.name, "unsupported", f"{layer.description} reading the comparison or "
+                              f"constant {used_masks[0]!r} (a data-dependent mask)")
             if layer.kind == "shape" and ins and ins[0] in from_input:
                 from_input.add(layer.name)
             if layer.kind == "linear":
@@ -303,6 +320,8 @@ def _build_graph(model: nn.Module) -> Graph:
         if layer.kind != "helper":
             tensors.add(layer.name)
         layers[layer.name] = layer
+        if layer.inplace_of is not None:  # later readers of the modified tensor see the ReLU's output
+            rename[layer.inplace_of] = layer.name
     users: dict[str, list[Layer]] = {}
     for layer in layers.values():
         for name in layer.inputs:
@@ -339,9 +358,13 @@ def _generic_run(model, node: fx.Node, name_of) -> Callable:
     return run_function
 
 
-def _classify(model, node: fx.Node, ins: list[str], layers: dict, rename: dict, tensors: set) -> Layer | None:
+def _classify(model, traced, node: fx.Node, name: str, ins: list[str], layers: dict, rename: dict,
+              tensors: set) -> Layer | None:
     """The Layer for one fx node (None when a batch norm is folded into its conv/linear)."""
-    name, target = node.name, node.target
+    target = node.target
+    activation = _activation_layer(model, traced, node, name, rename, tensors)
+    if activation is not None:
+        return activation
     if node.op == "get_attr":
         return Layer(name, "unsupported", f"parameter access {target!r} inside forward")
     if node.op == "call_module":
@@ -354,9 +377,7 @@ def _classify(model, node: fx.Node, ins: list[str], layers: dict, rename: dict, 
             return Layer(name, "linear", kind_name, tuple(ins), foldable=True,
                          make_map=lambda xs, m=module: DenseMap(m.weight, m.bias, xs))
         if type(module) in _BATCHNORM:
-            return _batchnorm_layer(node, module, kind_name, ins, layers, rename)
-        if type(module) is nn.ReLU:
-            return Layer(name, "relu", kind_name, tuple(ins))
+            return _batchnorm_layer(node, name, module, kind_name, ins, layers, rename)
         if type(module) in _MAXPOOL:
             dims = _MAXPOOL.index(type(module)) + 1
             params = dict(kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
@@ -371,8 +392,6 @@ def _classify(model, node: fx.Node, ins: list[str], layers: dict, rename: dict, 
         return Layer(name, "unsupported", kind_name)
     label = getattr(target, "__name__", str(target))
     if node.op == "call_method":
-        if target in ("relu", "relu_") and ins:
-            return Layer(name, "relu", f"Tensor.{target}", tuple(ins[:1]))
         if target in _SHAPE_METHODS and ins:
             return Layer(name, "shape", f"Tensor.{target}", tuple(ins[:1]))
         if target in _HELPER_METHODS:
@@ -381,8 +400,6 @@ def _classify(model, node: fx.Node, ins: list[str], layers: dict, rename: dict, 
             return _sum_layer(name, ins, 1.0)
         return Layer(name, "unsupported", f"Tensor.{target}")
     # call_function
-    if target in _RELU_FUNCTIONS and ins:
-        return Layer(name, "relu", label, tuple(ins[:1]))
     if target in _ADD_FUNCTIONS and len(ins) == 2 and set(node.kwargs) <= {"alpha"}:
         return _sum_layer(name, ins, float(node.kwargs.get("alpha", 1.0)))
     if target in _CAT_FUNCTIONS and ins:
@@ -409,13 +426,31 @@ def _classify(model, node: fx.Node, ins: list[str], layers: dict, rename: dict, 
     return Layer(name, "unsupported", label)
 
 
+def _activation_layer(model, traced, node: fx.Node, name: str, rename: dict, tensors: set) -> Layer | None:
+    """A ReLU layer for every ReLU spelling, an unsupported one for kinks and smooth activations;
+    comparisons and zero constants become mask helpers (legal only inside a ReLU spelling)."""
+    found = node_activation(model, traced, node)
+    if found is None:
+        return None
+    if found.kind == "mask":
+        value = getattr(traced, node.target) if node.op == "get_attr" else None
+        return Layer(name, "helper", found.label, ("mask",), run=(lambda env: value) if node.op == "get_attr" else None)
+    if found.kind != "relu":
+        return Layer(name, "unsupported", found.label)
+    source = found.source
+    if not isinstance(source, fx.Node) or rename.get(source.name, source.name) not in tensors:
+        return Layer(name, "unsupported", f"{found.label} of a non-tensor")
+    return Layer(name, "relu", found.label, (rename.get(source.name, source.name),),
+                 inplace_of=source.name if found.inplace else None)
+
+
 def _sum_layer(name: str, ins: list[str], alpha: float) -> Layer:
     def make_map(xs):
         return SumMap(torch.tensor([1.0, alpha], dtype=xs[0].dtype, device=xs[0].device), None, xs)
     return Layer(name, "linear", "add (residual)", tuple(ins), positive_weights=alpha >= 0, make_map=make_map)
 
 
-def _batchnorm_layer(node, bn, kind_name, ins, layers, rename) -> Layer | None:
+def _batchnorm_layer(node, name, bn, kind_name, ins, layers, rename) -> Layer | None:
     source = node.args[0] if node.args else None
     prev = layers.get(ins[0]) if ins else None
     if prev is not None and prev.foldable and isinstance(source, fx.Node) and len(source.users) == 1:
@@ -434,7 +469,7 @@ def _batchnorm_layer(node, bn, kind_name, ins, layers, rename) -> Layer | None:
     def diagonal(xs, bn=bn):
         scale, shift = _batchnorm_affine(bn)
         return DiagonalMap(scale, shift, xs)
-    return Layer(node.name, "linear", f"{kind_name} (per-channel affine)", tuple(ins), make_map=diagonal)
+    return Layer(name, "linear", f"{kind_name} (per-channel affine)", tuple(ins), make_map=diagonal)
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -465,11 +500,11 @@ def forward_trace(model: nn.Module, x: torch.Tensor, method: str = "propagation"
     net, beta = unwrap(model)
     graph = compile_graph(net)
     graph.check(method)
+    check_eval(net, f"method {method!r}")
     for name, module in net.named_modules():
-        if isinstance(module, (*_BATCHNORM, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)) and (
-                module.training or (isinstance(module, _BATCHNORM) and module.running_var is None)):
-            raise ValueError(f"method {method!r} needs the model in eval mode with running statistics: "
-                             f"layer {name!r} ({type(module).__name__}) is training; call model.eval()")
+        if isinstance(module, _BATCHNORM) and module.running_var is None:
+            raise ValueError(f"method {method!r} needs batch norms with running statistics: layer {name!r} "
+                             f"({type(module).__name__}) has track_running_stats=False")
     values: dict[str, torch.Tensor] = {}
     maps: dict[str, LinearMap] = {}
     argmax: dict[str, torch.Tensor] = {}
