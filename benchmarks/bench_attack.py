@@ -179,19 +179,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--baseline", default=BASELINE)
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    parser.add_argument("--stem", default="attack_results", help="file name (without suffix) of the results")
     parser.add_argument("--write-results", action="store_true",
-                        help="update benchmarks/attack_results.{json,md} (committed): the rows of the parts "
+                        help="update benchmarks/<stem>.{json,md} (committed): the rows of the parts "
                              "run now replace those of an earlier run, the other parts' rows are kept")
     args = parser.parse_args()
     report = Report()
     run(report, args.quick, args.device, args.threads, args.baseline, tuple(args.parts))
     if args.write_results:
         out = Path(__file__).parent
-        kept = json.loads((out / "attack_results.json").read_text()) if (out / "attack_results.json").exists() else {}
+        path = out / f"{args.stem}.json"
+        kept = json.loads(path.read_text()) if path.exists() else {}
         done = {f"attack {p}" for p in args.parts}
         report.rows = [Row(**r) for r in kept.get("rows", []) if r["benchmark"] not in done] + report.rows
         report.meta = {**kept.get("meta", {}), **report.meta}
-        report.write(out, stem="attack_results")
+        report.write(out, stem=args.stem)
     print(report.markdown())
 
 
