@@ -110,11 +110,12 @@ def run(report, quick: bool, device: str = "cpu", threads: int = 1, baseline: st
         for engine in trees:
             _report_family(report, t, engine, family)
     if "memory" in parts:
+        cases = [("digits", 1), ("digits", 64)] + ([] if quick else [("vgg16", 1)])
         for engine, tree in trees.items():
-            for n in (1, 64):
-                m = _one_shot(tree, device, threads, "--memory", f"digits b{n} gradient step")
+            for family, n in cases:
+                m = _one_shot(tree, device, threads, "--memory", f"{family} b{n} gradient step")
                 if "error" not in m:
-                    report.add("attack memory", f"{engine}: digits b{n} 'gradient' attack call, resident peak "
+                    report.add("attack memory", f"{engine}: {family} b{n} 'gradient' attack call, resident peak "
                                "per image above setup", (m["rss_peak_kb"] - m["rss_before_kb"]) / 1024 / n, "MiB")
     if "profile" in parts:
         for family in ("digits",) if quick else ("digits", "vgg16"):
