@@ -91,7 +91,7 @@ PARTS = ("digits", "vgg16", "memory", "profile", "ig")
 
 
 def run(report, quick: bool, device: str = "cpu", threads: int = 1, baseline: str = BASELINE,
-        parts: tuple[str, ...] = PARTS) -> None:
+        parts: tuple[str, ...] = PARTS, ig_chunks: tuple[int, ...] = (10,)) -> None:
     """The parts of the benchmark, each adding rows under benchmark 'attack <part>'."""
     trees = {"new": REPO, f"baseline {baseline}": _baseline_tree(baseline)}
     report.meta.update({"attack threads": threads, "attack device": device, "attack baseline": baseline})
@@ -122,7 +122,7 @@ def run(report, quick: bool, device: str = "cpu", threads: int = 1, baseline: st
             for method in ("gradient", "lrp"):
                 _profile(report, device, threads, family, method, quick or family == "vgg16")
     if "ig" in parts and not quick:
-        _integrated_gradients(report, device, threads)
+        _integrated_gradients(report, device, threads, ig_chunks)
 
 
 def _profile(report, device: str, threads: int, family: str, method: str, quick: bool) -> None:
@@ -156,8 +156,9 @@ def _report_family(report, t: dict, engine: str, family: str) -> None:
                        t[engine, f"digits b64 {method} step"] / 64 * 1e3, "ms")
 
 
-def _integrated_gradients(report, device: str, threads: int) -> None:
-    for batch_size, label in ((10, "chunks of 10 points"),):  # the whole path needs ~9 GB: not run here
+def _integrated_gradients(report, device: str, threads: int, chunks: tuple[int, ...] = (10,)) -> None:
+    for batch_size in chunks:  # the whole path (batch_size >= 30) needs ~9 GB: not run on the shared CPU
+        label = f"chunks of {batch_size} points"
         r = _one_shot(REPO, device, threads, "--ig-batch-size", str(batch_size))
         if "error" in r:
             report.add("attack ig", f"new: vgg16 b1 IG (30 points, {label}) step FAILED: {r['error'][:80]}", 0, "")
@@ -180,13 +181,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--baseline", default=BASELINE)
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    parser.add_argument("--ig-chunks", type=int, nargs="+", default=[10], help="IG path points per chunk")
     parser.add_argument("--stem", default="attack_results", help="file name (without suffix) of the results")
     parser.add_argument("--write-results", action="store_true",
                         help="update benchmarks/<stem>.{json,md} (committed): the rows of the parts "
                              "run now replace those of an earlier run, the other parts' rows are kept")
     args = parser.parse_args()
     report = Report()
-    run(report, args.quick, args.device, args.threads, args.baseline, tuple(args.parts))
+    run(report, args.quick, args.device, args.threads, args.baseline, tuple(args.parts), tuple(args.ig_chunks))
     if args.write_results:
         out = Path(__file__).parent
         path = out / f"{args.stem}.json"
