@@ -64,7 +64,9 @@ class Report:
                 "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
     def markdown(self, title: str = "Benchmarks") -> str:
-        lines = [f"# {title}\n\n{json.dumps(self._meta())}\n",
+        meta = self._meta()
+        gpu = "No GPU was available for this run: every number is a CPU measurement.\n" if meta["cuda"] is None else ""
+        lines = [f"# {title}\n\n{json.dumps(meta)}\n", gpu,
                  "| benchmark | measure | value | unit | goal | met |", "|---|---|---|---|---|---|"]
         for r in self.rows:
             met = "" if r.met is None else ("yes" if r.met else "NO")
