@@ -132,3 +132,21 @@ def test_chunked_integrated_gradients_has_the_exact_gradient():
     with torch.no_grad():
         fd = (loss(x + 1e-6 * v, 4) - loss(x - 1e-6 * v, 4)) / 2e-6
     torch.testing.assert_close((g_chunked * v).sum(), fd, rtol=1e-5, atol=1e-10)
+
+
+def test_integrated_gradients_chunks_a_large_path_by_default(monkeypatch):
+    """Left at its default, IG keeps the whole graph of a small path (digits) and checkpoints the
+    path of a 224x224 RGB image in chunks of 6 points (about 3 GB on VGG-16 instead of 9 GB)."""
+    from geomexpl.explain import gradients
+
+    calls = []
+    original = gradients._PathChunk.apply
+    monkeypatch.setattr(gradients._PathChunk, "apply", lambda *a: calls.append(a[2].numel()) or original(*a))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 224 * 224, 2)).requires_grad_(False)
+    x = torch.rand(1, 3, 224, 224, requires_grad=True)
+    explain(model, x, "integrated_gradients", 0)
+    assert calls == [6, 6, 6, 6, 6]
+    calls.clear()
+    small = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 2)).requires_grad_(False)
+    explain(small, torch.rand(64, 1, 32, 32, requires_grad=True), "integrated_gradients", 0)
+    assert calls == []

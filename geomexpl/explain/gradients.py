@@ -18,18 +18,27 @@ def grad_x_input(model, x, target):
     return x * input_gradient(model, x, target)
 
 
+GRAPH_ELEMENTS = 2 ** 22  # input elements of a path whose whole graph is kept (digits b64: 2e6; 224x224: 4.5e6)
+CHUNK_ELEMENTS = 2 ** 20  # input elements per checkpointed chunk when it is not (224x224: 6 points, ~3 GB)
+
+
 @register("integrated_gradients")
-def integrated_gradients(model, x, target, steps: int = 30, baseline=None, batch_size: int = 512):
+def integrated_gradients(model, x, target, steps: int = 30, baseline=None, batch_size: int | None = None):
     """h(x) = (x - x0) * (1/m) sum_k grad g_k(x0 + a_k (x - x0)), a_k = (k + 1/2)/m (midpoint rule).
 
     The m points of all B examples are evaluated in chunks of at most ``batch_size`` images. The
     paper uses m = 30 steps and the zero baseline (supplement A). When h is differentiated (the
     attack) and the points need more than one chunk, each chunk's graph is rebuilt in the backward
     pass (:class:`_PathChunk`) instead of kept, so memory holds one chunk at a time; the gradient is
-    exact, at the price of one more input gradient per point.
+    exact, at the price of one more input gradient per point. ``batch_size=None``: the whole path
+    at once when it has at most 2^22 input elements, else chunks of about 2^20 (6 points of one
+    224x224 RGB image).
     """
     if steps < 1:
         raise ValueError(f"integrated_gradients needs steps >= 1, got {steps}")
+    if batch_size is None:
+        fits = steps * x.numel() <= GRAPH_ELEMENTS
+        batch_size = steps * x.shape[0] if fits else max(x.shape[0], CHUNK_ELEMENTS // x[0].numel())
     x0 = torch.zeros_like(x) if baseline is None else torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
     x0 = x0.expand_as(x)
     alphas = (torch.arange(steps, dtype=x.dtype, device=x.device) + 0.5) / steps
