@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=module.HELP, description=module.__doc__,
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         module.configure(cmd)
+        cmd.add_argument("--deterministic", action="store_true",
+                         help="deterministic kernels (seeded runs repeat exactly on a GPU; an op "
+                              "without a deterministic kernel raises)")
         cmd.set_defaults(_run=module.run)
     return parser
 
@@ -39,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.deterministic:
+        from geomexpl.numerics import deterministic
+
+        deterministic(getattr(args, "seed", 0))
     try:
         return int(args._run(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as err:

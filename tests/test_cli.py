@@ -106,3 +106,20 @@ def test_demo_runs_end_to_end(tmp_path):
     attack_rows = list(csv.DictReader((tmp_path / "attack.csv").open()))
     assert len(attack_rows) == 2 and {"map_pcc", "image_index"} <= set(attack_rows[0])
     assert len(list(csv.DictReader((tmp_path / "curvature.csv").open()))) == 3 * 2 * 3  # betas x images x k
+
+
+def test_deterministic_flag_turns_on_deterministic_kernels(monkeypatch, tmp_path):
+    import torch
+    from geomexpl import cli
+
+    seen = {}
+    monkeypatch.setattr("geomexpl.commands.curvature.run", lambda args: seen.setdefault(
+        "on", torch.are_deterministic_algorithms_enabled()) and 0)
+    argv = ["curvature", "--out", str(tmp_path), "--deterministic", "--seed", "3"]
+    assert cli.build_parser().parse_args(argv).deterministic
+    assert not cli.build_parser().parse_args(argv[:3]).deterministic
+    try:
+        cli.main(argv)
+        assert seen["on"] is True
+    finally:
+        torch.use_deterministic_algorithms(False)
