@@ -162,3 +162,14 @@ def test_quick_report_counts_informative_tests_and_writes_tables(tmp_path):
     assert len(list((tmp_path / "theorem1" / "parts").glob("*.json"))) == len(t1.report.QUICK["betas"])
     report = (tmp_path / "report.md").read_text()
     assert "segments_mlp — **PASS**" in report and "**FAIL**" not in report
+
+
+@pytest.mark.gpu
+def test_check_on_cuda_matches_cpu():
+    model = ResidualCNN(nn.ReLU()).eval()
+    x = blobs(2, seed=3)
+    cpu = t1.check(model, x, beta=4.0, size=SMALL)
+    gpu = t1.check(model.cuda(), x.cuda(), beta=4.0, size=SMALL)
+    # the float32 attack differs in rounding on the GPU, so the curves (and counts) may differ slightly
+    assert gpu.passed and cpu.passed and gpu.informative >= 0.8 * gpu.tests
+    assert gpu.bracket["lower"] == pytest.approx(cpu.bracket["lower"], rel=0.1)

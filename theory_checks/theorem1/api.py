@@ -121,8 +121,10 @@ def measure_at_beta(model: nn.Module, x: torch.Tensor, beta: float | None, class
         reach = torch.full_like(kappa0, region)
     rand = C.random_curves(start_pts, normals, reach, curve_points(kappa0, 1.5 * reach, size), generator)
     every += curves_from_paths("random", label, tag, rand, twin, images, classes, levels, curvature)
-    every += C.tight_curves(twin, starts, size["tight_scales"], generator, curvature, label) if size["tight_scales"] \
-        else []
+    if size["tight_scales"]:   # from the images and from the attack's end points (off the max-pool ties of an image)
+        ends = [CurveOnS(c.kind, c.label, c.beta, c.image, c.cls, c.level, c.s[-1:], c.samples.take(
+            torch.tensor([len(c.s) - 1], device=x.device))) for c in attack]
+        every += C.tight_curves(twin, starts + ends, size["tight_scales"], generator, curvature, label)
     refine(every, twin, size["refine_rounds"], size["refine_worst"], size["refine_split"], curvature)
     ascent = None
     if size["ascent_steps"] > 0:

@@ -76,7 +76,8 @@ def tight_curves(twin: nn.Module, starts: list[CurveOnS], scales=TIGHT_SCALES, g
                  curvature=top_curvature, label: str = "") -> list[CurveOnS]:
     """From the first sample p0 of each curve in ``starts``: a ``tight`` segment along the top principal
     direction and (with a ``generator``) a ``short`` one in a random tangent direction, of length
-    sigma / |kappa_max(p0)| for each sigma in ``scales`` (the measured p0 is reused)."""
+    sigma / |kappa_max(p0)| for each sigma in ``scales`` (the measured p0 is reused). notes['start'] is the
+    kind of the start curve ('start': a test image, 'attack': an attack path's end point)."""
     first = Samples.cat([c.samples.take(torch.tensor([0], device=c.s.device)) for c in starts])
     classes = torch.tensor([c.cls for c in starts], device=first.points.device)
     levels = torch.tensor([c.level for c in starts], dtype=first.points.dtype, device=first.points.device)
@@ -96,7 +97,7 @@ def tight_curves(twin: nn.Module, starts: list[CurveOnS], scales=TIGHT_SCALES, g
                 pair = Samples.cat([first.take(torch.tensor([i], device=idx.device)), end.take(idx)])
                 curve = CurveOnS(kind, label, start.beta, start.image, start.cls, start.level,
                                  torch.tensor([0.0, 1.0], dtype=torch.float64, device=idx.device), pair)
-                curve.notes["scale"] = sigma
+                curve.notes.update(scale=sigma, start=start.kind)
                 curves.append(curve)
     return curves
 

@@ -29,8 +29,10 @@ MIN_INFORMATIVE = 0.8   # the check is meant to test something: >= 80% of its se
 QUICK = dict(archs=("mlp",), betas=(1.0, 5.0, 50.0), images=2,
              size=dict(attack_steps=40, max_points=13, geodesic_iters=10, tight_scales=(1e-3, 0.1, 1.0),
                        ascent_steps=2))
-FULL = dict(archs=("vgg", "resnet"), betas=(0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0), images=2,
-            size={})
+# sized for a shared 2-core CPU; betas in an order that spreads a partial (resumed) run over the whole range
+FULL = dict(archs=("vgg", "resnet"), betas=(0.5, 50.0, 5.0, 2.0, 20.0, 1.0, 10.0), images=1,
+            size=dict(max_points=13, segment_kl=0.8, tight_scales=(1e-3, 1e-2, 0.1, 1.0), ascent_steps=2,
+                      geodesic_iters=8))
 # check_model's defaults for keys its ``size`` leaves out (the demo's Theorem 1 step): no tight curves, no ascent
 LEGACY = dict(SIZE, tight_scales=(), ascent_steps=0)
 
@@ -100,6 +102,7 @@ def run(out_dir: Path, quick: bool, seed: int, log=print) -> CheckResult:
             tmp.replace(path)
             parts[arch, beta] = json.loads(path.read_text())
             log(f"  theorem1: {arch} beta {beta:g} measured")
+    cfg = dict(cfg, betas=sorted(cfg["betas"]))
     parts = {(a, b): parts[a, b] for a in cfg["archs"] for b in cfg["betas"]}
     return result_from_parts(parts, cfg, Path(out_dir), folder)
 

@@ -95,7 +95,8 @@ def segment_rows(curve: CurveOnS, twin: nn.Module | None = None, rel_tol: float 
     rows = []
     for j in range(count):
         row = dict(label=curve.label, beta=curve.beta, kind=curve.kind, image=curve.image, cls=curve.cls,
-                   scale=curve.notes.get("scale", math.nan), segment=j, samples=samples[j],
+                   scale=curve.notes.get("scale", math.nan), start=curve.notes.get("start", ""), segment=j,
+                   samples=samples[j],
                    **{k: v[j] for k, v in columns.items()}, pool_switches=switches[j], on_level_set=on_s[j],
                    refined=curve.notes.get("refined", {}).get(j, 0))
         row["informative"] = ABS_TOL <= row["rhs"] < TRIVIAL
@@ -164,6 +165,7 @@ def curve_row(curve: CurveOnS) -> dict:
                 level=curve.level, scale=curve.notes.get("scale", math.nan), points=len(pts),
                 initial_points=len(curve.knot_s), lhs=lhs, kappa_max=kappa_max, length=length,
                 euclidean=float((pts[-1] - pts[0]).norm()), rhs=kappa_max * length,
+                slack=kappa_max * length / lhs if lhs > 0 else math.inf,
                 holds=not exceeds(lhs, kappa_max * length), informative=ABS_TOL <= kappa_max * length < TRIVIAL,
                 min_grad_norm=float(s.grad_norm.min()), on_level_set=curve.on_level_set(),
                 max_kappa_residual=float(s.kappa_residual.max()),
@@ -171,20 +173,21 @@ def curve_row(curve: CurveOnS) -> dict:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Counts of the segment tests (informative: kappa_bar l < 2) and the ratio distribution of the
-    informative ones (median, 90th and 99th percentile, maximum)."""
-    tests = [r for r in rows if r["verdict"] != "OFF_S"]
+    """Counts of the segment tests (PASS or FAIL; EXEMPT and OFF_S segments are counted apart, they test
+    nothing), of the informative ones (kappa_bar l < 2) and their ratio distribution (median, 90th and 99th
+    percentile, maximum)."""
+    tests = [r for r in rows if r["verdict"] in ("PASS", "FAIL")]
     informative = [r for r in tests if r["informative"]]
     ratio = np.array([r["ratio"] for r in informative])
     pct = (lambda q: float(np.percentile(ratio, q))) if ratio.size else (lambda q: math.nan)
-    switches = [r["pool_switches"] for r in tests if r["pool_switches"] is not None]
-    return dict(segments=len(rows), tests=len(tests), off_level_set=len(rows) - len(tests),
+    switches = [r["pool_switches"] for r in rows if r["pool_switches"] is not None]
+    return dict(segments=len(rows), tests=len(tests), off_level_set=sum(r["verdict"] == "OFF_S" for r in rows),
                 informative=len(informative), trivial=len(tests) - len(informative),
                 informative_fraction=len(informative) / len(tests) if tests else math.nan,
                 passed=sum(r["verdict"] == "PASS" for r in tests), failed=sum(r["verdict"] == "FAIL" for r in tests),
-                exempt=sum(r["verdict"] == "EXEMPT" for r in tests),
+                exempt=sum(r["verdict"] == "EXEMPT" for r in rows),
                 informative_failed=sum(r["verdict"] == "FAIL" for r in informative),
-                refined=sum(r.get("refined", 0) > 0 for r in tests),
+                refined=sum(r.get("refined", 0) > 0 for r in rows),
                 segments_with_pool_switch=sum(1 for s in switches if s), pool_switches=int(sum(switches)),
                 ratio_median=pct(50), ratio_p90=pct(90), ratio_p99=pct(99),
                 ratio_max=float(ratio.max()) if ratio.size else math.nan)
