@@ -173,3 +173,16 @@ def test_check_on_cuda_matches_cpu():
     # the float32 attack differs in rounding on the GPU, so the curves (and counts) may differ slightly
     assert gpu.passed and cpu.passed and gpu.informative >= 0.8 * gpu.tests
     assert gpu.bracket["lower"] == pytest.approx(cpu.bracket["lower"], rel=0.1)
+
+
+def test_a_written_run_reads_back_so_one_check_can_be_replaced(tmp_path):
+    from dataclasses import asdict
+
+    from theory_checks.report import CheckResult, SubCheck, read_run, write_run
+
+    results = [CheckResult("theorem2", "t", "s", [SubCheck("x", "m", {"k": 1.5, "v": [1, 2]}, None, "r", False,
+                                                          "e", ["a.csv"])], ["a.csv"])]
+    write_run(results, tmp_path, {"seed": 0, "quick": True, "device": "cpu", "versions": {"torch": "x"}})
+    back, config = read_run(tmp_path)
+    assert [asdict(r) for r in back] == [asdict(r) for r in results] and config["seed"] == 0
+    assert not back[0].passed

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="'cpu', 'cuda', ... (default cpu)")
     parser.add_argument("--rows", type=int, default=20, help="segment rows to print, largest ratio first")
     parser.add_argument("--quick", action="store_true", help="with --report: the small quick configuration")
+    parser.add_argument("--saved-only", action="store_true",
+                        help="with --report: measure nothing, write the report of the (model, beta) already saved")
     parser.add_argument("--out", type=Path, help="folder for segments.csv, curves.csv and bracket.json")
     return parser
 
@@ -82,13 +84,13 @@ def load_inputs(args) -> tuple[nn.Module, torch.Tensor]:
     return model, images[index.sort().values]
 
 
-def run_report(out: Path, quick: bool, seed: int) -> int:
+def run_report(out: Path, quick: bool, seed: int, saved_only: bool = False) -> int:
     """The zoo report into ``out`` (resumable); an existing report.md keeps its other checks' sections."""
     from geomexpl.runs import environment
     from theory_checks.report import read_run, write_run
     from theory_checks.theorem1.report import run
 
-    result = run(out, quick, seed)
+    result = run(out, quick, seed, saved_only=saved_only)
     if (out / "results.json").exists():
         results, config = read_run(out)
         results = [result if r.name == result.name else r for r in results]
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     if args.report:
-        return run_report(args.report, args.quick, args.seed)
+        return run_report(args.report, args.quick, args.seed, args.saved_only)
     model, x = load_inputs(args)
     device = torch.device(args.device)
     result = check(model.to(device), x.to(device), beta=args.beta, cls=args.cls, seed=args.seed)
