@@ -119,7 +119,9 @@ def measure_at_beta(model: nn.Module, x: torch.Tensor, beta: float | None, class
     else:
         region = radius if radius is not None else 0.05 * float(x64.flatten(1).norm(dim=1).median())
         reach = torch.full_like(kappa0, region)
-    rand = C.random_curves(start_pts, normals, reach, curve_points(kappa0, 1.5 * reach, size), generator)
+    # the random curves span the attack's reach, shortened where max_points would leave kappa l above segment_kl
+    radius_rand = torch.minimum(reach, (size["max_points"] - 1) * size["segment_kl"] / (1.5 * kappa0))
+    rand = C.random_curves(start_pts, normals, radius_rand, curve_points(kappa0, 1.5 * radius_rand, size), generator)
     every += curves_from_paths("random", label, tag, rand, twin, images, classes, levels, curvature)
     if size["tight_scales"]:   # from the images and from the attack's end points (off the max-pool ties of an image)
         ends = [CurveOnS(c.kind, c.label, c.beta, c.image, c.cls, c.level, c.s[-1:], c.samples.take(

@@ -249,9 +249,10 @@ def _summary(segments: list[dict], cfg: dict, notes: dict) -> str:
              for k in ("attack", "random", "geodesic", "tight", "short")}
     text = (f"Models {', '.join(cfg['archs'])} (softplus twins of the zoo's digits models, float64), beta in "
             f"{list(cfg['betas'])}, {cfg['images']} test images per beta. Curves per model and beta: attack paths "
-            f"({size['attack_steps']} Adam steps at lr {size['lr']:g}), random curves of the attack's reach and the "
-            f"shortened geodesics between the attack's end points, each with {size['min_points']} to "
-            f"{size['max_points']} points (enough for kappa(p0) x segment length ~ {size['segment_kl']:g}), and "
+            f"({size['attack_steps']} Adam steps at lr {size['lr']:g}), random curves of the attack's reach (at "
+            f"most {(size['max_points'] - 1) * size['segment_kl'] / 1.5:.3g} / kappa(p0)) and the shortened geodesics "
+            f"between the attack's end points, each with {size['min_points']} to {size['max_points']} points (enough "
+            f"for kappa(p0) x segment length ~ {size['segment_kl']:g} where the cap allows), and "
             f"tight/short segments at kappa l in {list(size['tight_scales'])}; in all {kinds['attack']} attack paths, "
             f"{kinds['random']} random curves, {kinds['geodesic']} geodesics, {kinds['tight']} tight and "
             f"{kinds['short']} short segments. Every segment is a test; failing ones are subdivided up to "
