@@ -16,10 +16,15 @@ def ratios(segments: list[dict], path: Path) -> Path:
     axes = fig.subplots(1, len(labels), squeeze=False)[0]
     for ax, label in zip(axes, labels):
         for kind, marker in MARKERS.items():
-            sel = [r for r in segments if r["label"] == label and r["kind"] == kind and r["ratio"] > 0]
+            sel = [r for r in segments if r["label"] == label and r["kind"] == kind and r["ratio"] > 0
+                   and r["verdict"] != "EXEMPT"]
             if sel:
                 ax.scatter([r["rhs"] for r in sel], [r["ratio"] for r in sel], marker=marker, s=10, alpha=0.6,
                            label=kind)
+        exempt = [r for r in segments if r["label"] == label and r["verdict"] == "EXEMPT"]
+        if exempt:
+            ax.scatter([r["rhs"] for r in exempt], [r["ratio"] for r in exempt], marker="x", s=18, color="k",
+                       label="EXEMPT (max-pool switch)")
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
         ax.axvline(2.0, color="grey", lw=0.8, ls=":")
         ax.set(xscale="log", yscale="log", xlabel="kappa_bar x l (right of 2: trivial)",
