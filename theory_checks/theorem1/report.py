@@ -218,6 +218,7 @@ def flatness_subcheck(curves: list[dict], segments: list[dict], arch: str, betas
                "attack_on_S_over_chord_median_by_beta": [med([c["length"] / c["euclidean"] for c in a]) for a in att],
                "chord_median_by_beta": [med([c["euclidean"] for c in a]) for a in att],
                "normal_turn_median_by_beta": [med([c["lhs"] for c in a]) for a in att],
+               "kappa_times_geodesic_length_median_by_beta": [med([c["rhs"] for c in g]) for g in geo],
                "bending_fraction_median_by_beta": [med([s["turn_along"] / s["turn"] for s in g]) for g in seg],
                "bending_fraction_random_curves_median": med([s["turn_along"] / s["turn"] for s in rnd])}
     all_geo = [c for g in geo for c in g]
@@ -232,7 +233,10 @@ def flatness_subcheck(curves: list[dict], segments: list[dict], arch: str, betas
             f"{numbers['bending_fraction_random_curves_median']:.3g} on the random curves) of a segment's turn of the "
             "normal lies along its step direction (the normal curvature, which bends the path); the rest turns the "
             "normal sideways (off-diagonal terms of the shape operator) and changes the explanation without bending "
-            f"the path. Raw geodesic level error at most {max(raw_errors):.2g}.")
+            f"the path. Along the geodesics, max sampled |kappa_max| x length (a lower estimate of the theorem's "
+            f"|lambda_max| d_g up to the factor {max(ratio):.5g} between length and d_g) is {min(c['rhs'] for c in all_geo):.3g} to {max(c['rhs'] for c in all_geo):.3g}: "
+            "where it is 2 or more the theorem cannot constrain the explanation at the attack's scale. Raw geodesic "
+            f"level error at most {max(raw_errors):.2g}.")
     return SubCheck(
         name=f"flatness_{arch}",
         measured=(f"{arch}: along the attack paths, length of the shortened geodesic / chord |p - p0| (an upper "
