@@ -160,7 +160,7 @@ def segment_subcheck(segments: list[dict], arch: str, betas) -> SubCheck:
     text = (f"{total['tests']} segment tests, {total['informative']} informative (kappa_bar l < 2) and "
             f"{total['trivial']} trivial; {total['failed']} FAIL, {total['exempt']} EXEMPT (max-pool switch inside a "
             f"failing segment), {total['off_level_set']} not on S. Ratio of the informative tests: median "
-            f"{total['ratio_median']:.3g}, p99 {total['ratio_p99']:.3g}, max {total['ratio_max']:.4g}; along the top "
+            f"{total['ratio_median']:.3g}, p99 {total['ratio_p99']:.4g}, max {total['ratio_max']:.4g}; along the top "
             f"principal direction (tight) the median is {numbers['tight_ratio_median']:.4g}.")
     if low:
         text += f" Fewer than {MIN_INFORMATIVE:.0%} informative tests at beta {low}: the check tests too little there."
