@@ -9,7 +9,8 @@ Modules, one idea each: :mod:`.sampling` (points on S and what is measured there
 curves on S: attack paths, random curves, geodesics, tight segments along the top principal direction),
 :mod:`.segments` (the per-segment test with subdivision, PASS / FAIL / EXEMPT, informative counts),
 :mod:`.bracket` (sup |kappa| between a gradient-ascent lower end and beta C~ / c), :mod:`.api`
-(``check(model, x, beta)`` for any model), :mod:`.report` (the zoo report of ``python -m theory_checks``).
+(``check(model, x, beta)`` for any model), :mod:`.report` and :mod:`.plots` (the zoo report of
+``python -m theory_checks``). Command line: ``python -m theory_checks.theorem1 --help``.
 """
 from theory_checks.theorem1.api import SIZE, Theorem1Result, check
 from theory_checks.theorem1.bracket import BOUND_TOL, Constants, bound_columns, theorem_constant

@@ -223,7 +223,7 @@ class Theorem1Result:
         text = (f"Theorem 1 at beta={self.beta}: {'PASS' if self.passed else 'FAIL'}; {self.tests} segment tests, "
                 f"{self.informative} informative (kappa_bar l < 2), {c['failed']} FAIL, {c['exempt']} EXEMPT; "
                 f"informative ratios median {c['ratio_median']:.3g}, p90 {c['ratio_p90']:.3g}, "
-                f"p99 {c['ratio_p99']:.3g}, max {c['ratio_max']:.3g}; sup|kappa| >= {self.bracket['lower']:.4g}")
+                f"p99 {c['ratio_p99']:.4g}, max {c['ratio_max']:.4g}; sup|kappa| >= {self.bracket['lower']:.4g}")
         if "upper_spectral" in self.bracket:
             text += f" (<= {self.bracket['upper_spectral']:.3g} by beta C~/c, spectral)"
         return "\n".join([text] + [f"note: {n}" for n in self.notes])
