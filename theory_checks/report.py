@@ -123,3 +123,14 @@ def _plain(value):
 
 def _dump_json(path: Path, data) -> None:
     path.write_text(json.dumps(_plain(data), indent=2) + "\n")
+
+
+def read_run(out_dir: Path) -> tuple[list[CheckResult], dict]:
+    """The results and config of a run written by :func:`write_run` (to rewrite its report with one check replaced)."""
+    raw = json.loads((Path(out_dir) / "results.json").read_text())
+    config = json.loads((Path(out_dir) / "config.json").read_text())
+    results = []
+    for check in raw["checks"]:
+        subs = [SubCheck(**{k: v for k, v in sub.items() if k != "status"}) for sub in check["subchecks"]]
+        results.append(CheckResult(**{**{k: v for k, v in check.items() if k != "passed"}, "subchecks": subs}))
+    return results, config
