@@ -76,7 +76,7 @@ def test_check_builds_the_twin_of_a_relu_model_and_reports_max_pool_switches():
 
 @pytest.mark.parametrize("model, beta, message", [
     (nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.GELU(), nn.Linear(8, 2)), 2.0, "calls no ReLU.*beta=None"),
-    (nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.LeakyReLU(), nn.Linear(8, 2)), 2.0, "smooth network.*LeakyReLU"),
+    (nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.LeakyReLU(), nn.Linear(8, 2)), 2.0, "smooth network.*leaky_relu"),
     (nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 2)), None, "pass beta"),
     (nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Softplus(), nn.Linear(8, 2)), 2.0, "as it is with beta=None"),
     (nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), 2.0, "calls no ReLU"),
