@@ -22,9 +22,12 @@ Method (thick-restart Lanczos, Wu & Simon 2000; block size p >= 1 gives block La
   an early stop.
 
 Host syncs: none per step. Convergence (the k wanted Ritz residuals <= tol * max|theta|) is decided
-on the device every ``check_every`` steps and at each restart: one sync per check (a [2, B] tensor to
-the host), plus one for each example whose last invariant subspace ended inside the current basis.
-The small eigenproblems (eigh of the <= m x m matrix H) run on the device too.
+on the device every ``check_every`` steps and at each restart: one scalar read per check (counted in
+tests/test_geometry_lanczos.py), plus a read of the breakdown positions in the rare final checks
+where an example met an invariant subspace. The small eigenproblems (eigh of the <= (m + p)^2 matrix H)
+run on the device too; on CUDA, torch.linalg.eigh adds its own error-check sync to each check.
+Randomness (start block, fresh vectors) comes from a generator on the device where the device has
+one; otherwise from a CPU generator, one upload per step.
 """
 from __future__ import annotations
 
@@ -83,7 +86,8 @@ def batched_lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, batc
     """k extremal eigenpairs of B symmetric n x n operators given by a batched ``matvec``.
 
     subspace: m, the most Krylov vectors kept per example (default :func:`default_subspace`; m >= n
-    means no restart and an exact answer after n products). block: p, the block size (products per
+    means the whole space: no restart, no early stop, the exact answer after n products, even for
+    multiple eigenvalues, which a restarted single-vector run may miss: see ``block``). block: p, the block size (products per
     step). maxiter: the most batched products (default 100 m). check_every: steps between
     convergence checks (default 1 on the CPU, where a check costs no device sync, else 4).
     """
@@ -144,6 +148,8 @@ class _Solver:
                 converged = True
                 break
             full = self.s + self.p > self.m
+            if self.m == self.n and products < maxiter:    # the whole space: no early stop, exact at n
+                continue
             if full or step % check_every == 0 or products >= maxiter:
                 checks += 1
                 theta, vecs = torch.linalg.eigh(self.h[:, :self.s, :self.s])
