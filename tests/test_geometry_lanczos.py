@@ -67,15 +67,15 @@ def diagonal(eig: torch.Tensor):
 
 
 def test_n_200000_in_bounded_memory_with_known_eigenvalues():
-    """Diagonal (distinct spectrum, batch 2, peak memory measured) and identity-plus-low-rank (a 199,997-fold
-    eigenvalue, so the Krylov space breaks down after 4 products) at n = 200,000: exact eigenvalues."""
+    """Diagonal (distinct spectrum, batch 2, peak memory measured) and identity-plus-low-rank (eigenvalues
+    4.5 twice, -2.5, and 0.5 199,997 times, so each Krylov block closes after <= 3 products) at n = 200,000."""
     n, gen = 200_000, torch.Generator().manual_seed(0)
     eig = torch.rand(2, n, generator=gen, dtype=torch.float64)
     eig[:, :6] = torch.tensor([[3.0, -2.9, 2.8, 2.7, -2.6, 2.5], [5.0, 4.0, -3.5, 3.0, 2.0, 1.5]])
     u = torch.linalg.qr(torch.randn(n, 3, generator=gen, dtype=torch.float64))[0].T      # [3, n] orthonormal
-    c = torch.tensor([4.0, -3.0, 2.0], dtype=torch.float64)
+    c = torch.tensor([4.0, 4.0, -3.0], dtype=torch.float64)
 
-    def low_rank(v):   # 0.5 I + U^T diag(c) U: eigenvalues 4.5, -2.5, 2.5 and 0.5 (n - 3 times)
+    def low_rank(v):   # 0.5 I + U^T diag(c) U: eigenvalues 4.5 (twice), -2.5 and 0.5 (n - 3 times)
         return 0.5 * v + ((v @ u.T) * c) @ u
 
     m = default_subspace(5)
@@ -86,10 +86,11 @@ def test_n_200000_in_bounded_memory_with_known_eigenvalues():
     assert res.converged and res.vectors.shape == (2, 5, n)
     torch.testing.assert_close(res.values.abs(), eig[:, :5].abs(), rtol=0, atol=1e-9)
     assert mem.peak <= bound + 4 * 2 * n * 8            # + the matvec's own temporaries
-    res = batched_lanczos(low_rank, n, 1, 5, tol=1e-10)
-    assert res.converged
-    torch.testing.assert_close(res.values.abs(), torch.tensor([[4.5, 2.5, 2.5, 0.5, 0.5]], dtype=torch.float64),
-                               rtol=0, atol=1e-9)
+    for k, want in ((2, [4.5, 4.5]), (5, [4.5, 4.5, -2.5, 0.5, 0.5])):
+        # k = 2: the first Krylov block {4.5, -2.5, 0.5} closes with exact, wrong top-2; the guard continues
+        res = batched_lanczos(low_rank, n, 1, k, tol=1e-10)
+        assert res.converged
+        torch.testing.assert_close(res.values, torch.tensor([want], dtype=torch.float64), rtol=0, atol=1e-9)
     with pytest.raises(MemoryError, match="would allocate .* GiB .* above max_bytes"):
         batched_lanczos(diagonal(eig), n, 2, 5, max_bytes=bound - 1)
 
