@@ -5,7 +5,7 @@ Model: ``geomexpl.nets.torchvision_like('vgg16')`` with RANDOM weights (torch se
 class it predicts; images: uniform random in [0, 1]^(3x224x224) (seed 1). Float32 network, float64
 Krylov vectors.
 
-Cases: ``hvp`` (one HVP against one input gradient: double backward on the reused first-order
+Cases: ``spectra`` (plain against block Lanczos on synthetic clustered spectra, n = 3000), ``hvp`` (one HVP against one input gradient: double backward on the reused first-order
 graph, and torch.func forward-over-reverse), and ``SOLVER-bB`` for solver in eigsh / torch (plain
 thick-restart Lanczos) / block (block Lanczos, p = 5) and batch B in 1, 4: top-5 curvatures (which='LM')
 to a relative residual of 1e-4 with the HVP count per image, the wall time, the peak resident memory
@@ -36,7 +36,7 @@ BENCH = "geometry-224"
 BETA, K, TOL = 10.0, 5, 1e-4
 SOLVERS = {"eigsh": dict(method="lanczos"), "torch": dict(method="torch"),
            "block": dict(method="torch", block=5)}
-CASES = ["hvp"] + [f"{s}-b{b}" for b in (1, 4) for s in SOLVERS]
+CASES = ["hvp", "spectra"] + [f"{s}-b{b}" for b in (1, 4) for s in SOLVERS]
 
 
 def setup(batch: int):
@@ -77,9 +77,33 @@ def solve_case(solver: str, batch: int) -> dict:
                 gradient_equivalents=seconds / grad_s)
 
 
+SPECTRA = {  # n = 3000 diagonal operators (Lanczos sees only the spectrum and the start vector)
+    "gaps 1e-3": lambda bulk: torch.cat([1 - 1e-3 * torch.arange(5.0, dtype=bulk.dtype), 0.9 * bulk[5:]]),
+    "five-fold eigenvalue": lambda bulk: torch.cat([torch.ones(5, dtype=bulk.dtype), 0.9 * bulk[5:]]),
+    "no gap (u^4 bulk)": lambda bulk: bulk ** 4,
+}
+
+
+def spectra_case() -> dict:
+    """Plain (p = 1) against block (p = 5) Lanczos, top-5 'LM' to tol 1e-4, on spectra with known values."""
+    from geomexpl.geometry.lanczos import batched_lanczos
+    bulk = torch.rand(3000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = {}
+    for name, make in SPECTRA.items():
+        eig = make(bulk)[None]
+        want = eig.abs().sort(descending=True).values[:, :K]
+        for label, block in (("plain", 1), ("block", 5)):
+            start = time.perf_counter()
+            res = batched_lanczos(lambda v: eig * v, eig.shape[1], 1, K, tol=TOL, block=block)
+            out[f"{name}, {label}"] = dict(products=res.steps, converged=res.converged, seconds=time.perf_counter() - start,
+                                           max_abs_error=float((res.values.abs() - want).abs().max()))
+    return dict(spectra=out)
+
+
 def child(case: str) -> dict:
     torch.manual_seed(0)
-    out = hvp_case() if case == "hvp" else solve_case(case.split("-b")[0], int(case.split("-b")[1]))
+    runners = {"hvp": hvp_case, "spectra": spectra_case}
+    out = runners[case]() if case in runners else solve_case(case.split("-b")[0], int(case.split("-b")[1]))
     out.update(case=case, peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                threads=torch.get_num_threads(), torch=torch.__version__, machine=platform.machine(),
                device="cpu", weights="random (torchvision_like vgg16, seed 0)")
@@ -101,7 +125,12 @@ def rows(done: dict[str, dict]) -> Report:
             report.add(BENCH, f"vgg16-224 twin: one HVP ({name}) / one input gradient, batch 1",
                        t[name] / t["gradient"], "x")
         report.add(BENCH, "vgg16-224 twin: one input gradient, batch 1", t["gradient"], "s")
-    for case in CASES[1:]:
+    for name, r in done.get("spectra", {}).get("spectra", {}).items():
+        label = f"synthetic n=3000, top-5 to tol {TOL:g}, {name}"
+        report.add(BENCH, f"{label}: products", r["products"], "HVPs")
+        report.add(BENCH, f"{label}: max |error| of the top-5", r["max_abs_error"], "", "<= 1e-4",
+                   r["max_abs_error"] <= 1e-4)
+    for case in CASES[2:]:
         if case not in done:
             continue
         r = done[case]

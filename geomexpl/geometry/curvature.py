@@ -115,8 +115,11 @@ def principal_curvatures(f: ScalarFunction, x: torch.Tensor, k: int = 6, which: 
 
     Order: which='LM' by |kappa| descending (the paper's lambda_max first), 'LA' descending,
     'SA' ascending. method='lanczos': scipy eigsh on the LinearOperator in float64 (tol is eigsh's
-    relative tolerance); 'torch': batched torch Lanczos (one batched HVP per step, tol relative to
-    max|kappa|); 'dense': full Hessian oracle, d <= max_dense_dim only.
+    relative tolerance), one example at a time; 'torch': the batched thick-restart torch Lanczos of
+    ``geometry.lanczos`` (one batched HVP per product, tol relative to max|kappa|, memory O(B m d) for
+    ``subspace`` = m Krylov vectors, default from k; ``block`` = p > 1: block Lanczos, for multiple
+    eigenvalues, see docs/curvature_solvers.md); 'dense': full Hessian oracle, d <= max_dense_dim only.
+    Every product reuses the first-order graph of grad f built once per call (exact: x is fixed).
     """
     check_tensor(x, "x", min_dim=1)
     if which not in WHICH:
