@@ -179,7 +179,7 @@ def write(done: dict[str, dict]) -> None:
         lines.append(f"| {r.measure} | {r.value:.4g} | {r.unit} | {r.goal} | {met} |")
     lines += ["", "Top-5 |kappa| per image (rows: images):", ""]
     for case, r in done.items():
-        if "kappa" in r:
+        if "kappa" in r and not r.get("maxiter"):
             lines.append(f"- {case}: " + "; ".join(", ".join(f"{abs(v):.5g}" for v in row) for row in r["kappa"]))
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     merge_into_results(report)
