@@ -155,7 +155,7 @@ def rows(done: dict[str, dict]) -> Report:
             continue
         r = done[case]
         hvps = max(r["hvp_per_image"])
-        label = f"vgg16-224 twin, top-5 |kappa| to rel. residual {TOL:g}, {case}"
+        label = f"vgg16-224 twin, top-5 curvatures (largest magnitude) to rel. residual {TOL:g}, {case}"
         report.add(BENCH, f"{label}: HVPs per image", hvps, "HVPs", "<= 100", hvps <= 100)
         worst = max(max(row) for row in r["relative_residuals"])
         report.add(BENCH, f"{label}: worst relative residual", worst, "", f"<= {TOL:g}", worst <= TOL)

@@ -89,7 +89,7 @@ def write_section(out: Path, rows: list[dict]) -> None:
              f"curvature by the batched torch Lanczos (k = 1, relative residual <= {TOL:g}, recomputed with a fresh HVP). "
              f"Produced by `python -m theory_checks.curvature_vs_beta_224`; table `{CSV}`, figure "
              "`curvature_vs_beta_224.png`. CPU, shared machine.", "",
-             "| beta | median |kappa_max| | min | max | median |grad g_k| | HVPs (batch) | seconds (batch) |",
+             "| beta | median abs(kappa_max) | min | max | median norm of grad g_k | HVPs (batch) | seconds (batch) |",
              "|---|---|---|---|---|---|---|"]
     for b in betas:
         sel = [r for r in rows if r["beta"] == b]
