@@ -109,13 +109,17 @@ class CurvatureInfo:
 
 def principal_curvatures(f: ScalarFunction, x: torch.Tensor, k: int = 6, which: str = "LM",
                          tol: float = 1e-6, method: str = "lanczos", maxiter: int | None = None,
-                         max_dense_dim: int = 4096, seed: int = 0) -> tuple[torch.Tensor, CurvatureInfo]:
+                         max_dense_dim: int = 4096, seed: int = 0, block: int = 1,
+                         subspace: int | None = None) -> tuple[torch.Tensor, CurvatureInfo]:
     """k principal curvatures kappa [B, k] (float64, x's device) of S at each example of x.
 
     Order: which='LM' by |kappa| descending (the paper's lambda_max first), 'LA' descending,
     'SA' ascending. method='lanczos': scipy eigsh on the LinearOperator in float64 (tol is eigsh's
-    relative tolerance); 'torch': batched torch Lanczos (one batched HVP per step, tol relative to
-    max|kappa|); 'dense': full Hessian oracle, d <= max_dense_dim only.
+    relative tolerance), one example at a time; 'torch': the batched thick-restart torch Lanczos of
+    ``geometry.lanczos`` (one batched HVP per product, tol relative to max|kappa|, memory O(B m d) for
+    ``subspace`` = m Krylov vectors, default from k; ``block`` = p > 1: block Lanczos, for multiple
+    eigenvalues, see docs/curvature_solvers.md); 'dense': full Hessian oracle, d <= max_dense_dim only.
+    Every product reuses the first-order graph of grad f built once per call (exact: x is fixed).
     """
     check_tensor(x, "x", min_dim=1)
     if which not in WHICH:
@@ -133,7 +137,10 @@ def principal_curvatures(f: ScalarFunction, x: torch.Tensor, k: int = 6, which: 
     if method == "dense" and d > max_dense_dim:
         raise ValueError(f"method='dense' builds the {d}x{d} Hessian per example; d={d} exceeds "
                          f"max_dense_dim={max_dense_dim}. Use method='lanczos' or 'torch'")
-    kappa, vectors, residuals, n_hvp, op = solvers[method](f, x, k, which, tol, maxiter, seed)
+    if method != "torch" and (block != 1 or subspace is not None):
+        raise ValueError(f"block and subspace are options of method='torch', not of method={method!r}")
+    options = dict(block=block, subspace=subspace) if method == "torch" else {}
+    kappa, vectors, residuals, n_hvp, op = solvers[method](f, x, k, which, tol, maxiter, seed, **options)
     dev = x.device
     info = CurvatureInfo(n_hvp=n_hvp, residuals=residuals.to(dev),
                          directions=vectors.to(dev).view(x.shape[0], k, *x.shape[1:]),
@@ -162,10 +169,10 @@ def _by_eigsh(f, x, k, which, tol, maxiter, seed):
     return kappa, op.basis.embed(y), _residuals(op, y, kappa), torch.tensor(n_hvp), op
 
 
-def _by_torch_lanczos(f, x, k, which, tol, maxiter, seed):
+def _by_torch_lanczos(f, x, k, which, tol, maxiter, seed, block, subspace):
     op = ShapeOperator(f, x)
     res = batched_lanczos(op, op.dim, x.shape[0], k, which=which, tol=tol, maxiter=maxiter,
-                  device=x.device, seed=seed)
+                          device=x.device, seed=seed, block=block, subspace=subspace)
     if not res.converged:
         warnings.warn(f"torch Lanczos stopped after {res.steps} steps before reaching tol={tol}; "
                       f"largest residual estimate {float(res.residuals.max()):.3g}", RuntimeWarning, stacklevel=3)
