@@ -135,8 +135,6 @@ def test_curvature_constant_with_batch_norm_after_pooling_runs_on_the_device():
         curvature_constant(twin.to(device), (1, 8, 8))
 
 
-@pytest.mark.xfail(reason="the torch Lanczos keeps its bookkeeping on the host until issue 18's device-side "
-                          "solver (geometry/lanczos.py, helper F) is merged", strict=False)
 def test_torch_lanczos_iterations_read_at_most_one_value_each():
     twin = _small_twin()
     x = torch.rand(2, 1, 8, 8)
@@ -147,4 +145,6 @@ def test_torch_lanczos_iterations_read_at_most_one_value_each():
         principal_curvatures(f, x.to(device), k=3, method="torch", tol=0.0, maxiter=iterations)
 
     counts = _per_step(run, 10, 20)
-    assert counts["sync"] <= 1 and counts["upload"] == 0 and counts["download"] == 0, counts
+    # one upload per step: the simulated device has no random generator of its own, so the solver's fresh
+    # random vectors come from a CPU generator (geometry/lanczos.py); CUDA has one, and uploads nothing
+    assert counts["sync"] <= 1 and counts["upload"] <= 1 and counts["download"] == 0, counts
