@@ -65,3 +65,27 @@ def test_all_runs_every_registered_check_and_fails_if_one_fails(tmp_path, monkey
     assert cli.main(["all", "--out", str(tmp_path / "b")]) == 1
     results = json.loads((tmp_path / "b" / "results.json").read_text())
     assert [check["passed"] for check in results["checks"]] == [False, True]  # CHECKS order: theorem1 first
+
+
+DEVICE_CHECK = '''
+from theory_checks.report import CheckResult, SubCheck
+NAME = "on_device"
+def run(out_dir, quick, seed, device):
+    sub = SubCheck("device_seen", "the device handed to the check", {"device": str(device)}, None, "none", True)
+    return CheckResult(NAME, "a stand-in", "summary", [sub])
+'''
+
+
+def test_device_goes_to_checks_that_take_one_and_into_the_run_options(tmp_path, monkeypatch, capsys):
+    (tmp_path / "on_device.py").write_text(DEVICE_CHECK)
+    (tmp_path / "fake_pass.py").write_text(FAKE_CHECK.format(verdict="pass", passed=True))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "CHECKS", {"theorem1": "on_device", "theorem2": "fake_pass"})
+    assert cli.main(["all", "--out", str(tmp_path / "a"), "--device", "cpu"]) == 0
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert results["checks"][0]["subchecks"][0]["numbers"]["device"] == "cpu"
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["options"]["device_type"] == "cpu"
+    if not torch.cuda.is_available():
+        assert cli.main(["all", "--out", str(tmp_path / "b"), "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+        assert not (tmp_path / "b").exists()

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 import time
 from pathlib import Path
 
-from geomexpl.runs import add_overwrite, claim_run, environment, write_json
+from geomexpl.runs import add_overwrite, claim_run, environment, resolve_device, write_json
 from theory_checks.report import write_run
 
 # name -> module path (imported lazily), in report order. A module exposes NAME and
-# run(out_dir, quick, seed) -> CheckResult.
+# run(out_dir, quick, seed[, device]) -> CheckResult; a check without ``device`` runs on the CPU (Theorem 2's
+# quadrature and Monte Carlo are NumPy).
 CHECKS = {
     "theorem1": "theory_checks.theorem1",
     "theorem2": "theory_checks.theorem2",
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="directory for the report, tables and plots")
     parser.add_argument("--quick", action="store_true", help="small sample sizes: seconds instead of minutes")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    parser.add_argument("--device", default="cpu", help="'cpu', 'cuda', 'auto', ... for the networks' checks")
     add_overwrite(parser)
     return parser
 
@@ -44,14 +47,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     names = list(CHECKS) if args.check == "all" else [args.check]
-    options = {"command": "theory_checks", "checks": names, "quick": args.quick, "seed": args.seed, "device_type": "cpu"}
+    device = resolve_device(args.device)
+    options = {"command": "theory_checks", "checks": names, "quick": args.quick, "seed": args.seed,
+               "device_type": device.type}
     claim_run(args.out, options, overwrite=args.overwrite)  # the report is written only at the end
-    config = {"options": options, **environment(args.seed, device="cpu", quick=args.quick), "checks": names}
+    config = {"options": options, **environment(args.seed, device=device, quick=args.quick), "checks": names}
     write_json(args.out / "config.json", config)  # an interrupted run is this run, resumable by rerunning
     results = []
     for name in names:
         start = time.perf_counter()
-        result = importlib.import_module(CHECKS[name]).run(args.out, args.quick, args.seed)
+        run = importlib.import_module(CHECKS[name]).run
+        on_device = {"device": device} if "device" in inspect.signature(run).parameters else {}
+        result = run(args.out, args.quick, args.seed, **on_device)
         print(f"{name}: {result.status} ({time.perf_counter() - start:.1f} s)")
         for sub in result.subchecks:
             print(f"  {sub.status}  {sub.name}")

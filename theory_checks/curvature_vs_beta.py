@@ -188,17 +188,17 @@ def figure4_subcheck(rows: list[dict], arch: str) -> SubCheck:
 
 
 # ---------------------------------------------------------------- the check's entry point
-def run(out_dir: Path, quick: bool, seed: int) -> CheckResult:
+def run(out_dir: Path, quick: bool, seed: int, device: torch.device | str = "cpu") -> CheckResult:
     """Both parts for each zoo model of the run; tables and plots under ``out_dir/curvature-vs-beta``."""
     size = QUICK if quick else FULL
     folder = Path(out_dir) / NAME
     folder.mkdir(parents=True, exist_ok=True)
-    x_all, _ = data.load("digits", "test")
+    x_all = data.load("digits", "test")[0].to(device)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x_all)).tolist()
     curv_rows, fig_rows, subchecks, notes = [], [], [], {}
     for arch in size["archs"]:
-        model = nets.pretrained(arch, "digits", progress=False)
+        model = nets.pretrained(arch, "digits", progress=False).to(device)
         images = order[: size["images"]]
         constants = theorem_constant(model, tuple(x_all.shape[1:]))
         notes[arch] = constants.note
@@ -209,7 +209,7 @@ def run(out_dir: Path, quick: bool, seed: int) -> CheckResult:
             subchecks.append(bound_subcheck(rows, arch, constants))
         fig_images = order[: size["fig4_images"]]
         with torch.no_grad():
-            pred = model(x_all).argmax(1).numpy()
+            pred = model(x_all).argmax(1).cpu().numpy()
         others = [int(rng.choice(np.flatnonzero(pred != pred[i]))) for i in fig_images]
         rows4 = figure4_rows(model, arch, x_all[fig_images], x_all[others], fig_images, size["fig4_betas"],
                              size["fig4_steps"], size["fig4_lr"])

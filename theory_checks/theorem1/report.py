@@ -49,7 +49,7 @@ def pick_images(model, x_all: torch.Tensor, count: int, seed: int) -> tuple[list
 
 def measure_zoo(model, arch: str, beta: float, images: int, size: dict, seed: int, curvature=None) -> dict:
     """Segments, curves and bracket of one zoo model at one beta (plain data, JSON-ready)."""
-    x_all, _ = data.load("digits", "test")
+    x_all = data.load("digits", "test")[0].to(next(model.parameters()).device)
     chosen, targets = pick_images(model, x_all, images, seed)
     x = x_all[chosen]
     with torch.no_grad():
@@ -77,7 +77,8 @@ def check_model(model, arch: str, size: dict, seed: int) -> list[dict]:
     return rows
 
 
-def run(out_dir: Path, quick: bool, seed: int, log=print, saved_only: bool = False) -> CheckResult:
+def run(out_dir: Path, quick: bool, seed: int, log=print, saved_only: bool = False,
+        device: torch.device | str = "cpu") -> CheckResult:
     """Measure every (model, beta) not yet saved under ``out_dir/theorem1/parts``, then tables, plots, sub-checks.
     ``saved_only``: measure nothing, report the betas saved for every model (a partial run, stated as such)."""
     cfg = QUICK if quick else FULL
@@ -97,7 +98,7 @@ def run(out_dir: Path, quick: bool, seed: int, log=print, saved_only: bool = Fal
             if saved_only:
                 continue
             if arch not in models:
-                models[arch] = nets.pretrained(arch, "digits", progress=False)
+                models[arch] = nets.pretrained(arch, "digits", progress=False).to(device)
             part = measure_zoo(models[arch], arch, beta, cfg["images"], cfg["size"], seed)
             part["options"] = options
             tmp = path.with_suffix(".tmp")
