@@ -2,10 +2,11 @@
 
 The photographs ship inside scikit-image (``skimage.data``) and scikit-learn (``load_sample_images``);
 nothing is downloaded. Each scene is one class; the motorcycle stereo pair (left and right views)
-is one scene. Every photo is split along its long axis into a training region (the first 60 %)
-and a test region (the last 30 %), with a 10 % gap between them (wider than the stereo pair's
-disparity), so no test pixel, and no view of one, was seen in training. Square crops with a seeded
-random side (20-28 % of the long side, capped by the short side and the region) are resized with
+is one scene. Every photo is split along its long axis into two training regions (the outer
+thirds, 0-33 % and 67-100 %) and a test region (the middle band, 42-58 %), with gaps of 9 % between
+them: wider than the stereo pair's largest disparity (60 of 741 pixels, 8.1 %), so no test pixel,
+and no other view of one, was seen in training. Square crops with a seeded random side (12-16 % of
+the long side, capped by the short side and the region) are resized with
 Lanczos filter (PIL) to ``size`` x ``size``; 128 x 128 is the same crops as 64 x 64 at a larger size.
 """
 from __future__ import annotations
@@ -16,9 +17,9 @@ import numpy as np
 
 SCENES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
           "motorcycle", "china", "flower")
-CROPS = {"train": 64, "test": 16}  # crops per scene and split
-REGIONS = {"train": (0.0, 0.6), "test": (0.7, 1.0)}  # fractions of the long axis
-CROP_SIDE = (0.20, 0.28)  # fraction of the long side
+CROPS = {"train": 96, "test": 16}  # crops per scene and split
+REGIONS = {"train": ((0.0, 0.33), (0.67, 1.0)), "test": ((0.42, 0.58),)}  # fractions of the long axis
+CROP_SIDE = (0.12, 0.16)  # fraction of the long side
 SEED = 0
 
 
@@ -44,7 +45,8 @@ def _crop_box(shape: tuple[int, int], split: str, rng: np.random.Generator) -> t
     h, w = shape
     long_axis = int(w >= h)  # 1: split along the width
     length, short = (w, h) if long_axis else (h, w)
-    lo, hi = (int(round(f * length)) for f in REGIONS[split])
+    regions = REGIONS[split]
+    lo, hi = (int(round(f * length)) for f in regions[int(rng.integers(len(regions)))])
     side = min(int(rng.uniform(*CROP_SIDE) * length), short, hi - lo)
     along = int(rng.integers(lo, hi - side + 1))
     across = int(rng.integers(0, short - side + 1))
