@@ -156,11 +156,32 @@ def figure(run) -> str | None:
     return "manipulation.png"
 
 
+def _cell(row: dict, column: str) -> str:
+    return f"{row[column]:.3g} [{row[column + '_lo']:.3g}, {row[column + '_hi']:.3g}]"
+
+
+def section(rows: list[dict], accuracy: list[dict]) -> str:
+    """The report section: the results table (photos beside digits) and the accuracy table."""
+    lines = ["| data | method | rate | steps | N | map PCC | image MSE | L-inf | SSIM(x_adv, x) | class kept |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        data_name = "digits 32x32 grey (docs/attack_quality)" if row["lr_name"] == "digits" else "photos 64x64 RGB"
+        rate = f"{row['lr']:.3g}" + ("" if row["lr_name"] == "digits" else f" ({row['lr_name']})")
+        lines.append(f"| {data_name} | {row['method']} | {rate} | {row['steps']} | {row['n']} | "
+                     + " | ".join(_cell(row, c) for c, _ in METRICS) + f" | {row['class_kept']:.0%} |")
+    lines += ["", "| classifier | size | test accuracy |", "|---|---|---|"]
+    lines += [f"| {r['classifier']} | {r['size']} | {float(r['test_accuracy']):.1%} |" for r in accuracy]
+    return "\n".join(lines) + "\n"
+
+
 def finish(run) -> list[dict]:
     rows = summary_rows(run)
     write_csv(run.path("summary.csv"), rows + digits_rows())
+    accuracy = []
     if not run.cfg["quick"]:  # the baseline fits a classifier on 960 histograms per size
-        write_csv(run.path("accuracy.csv"), accuracy_rows())
+        accuracy = accuracy_rows()
+        write_csv(run.path("accuracy.csv"), accuracy)
+    run.path("tables.md").write_text(section(rows + digits_rows(), accuracy))
     fig = figure(run)
     claims = []
     for row in rows:
@@ -175,3 +196,22 @@ def finish(run) -> list[dict]:
             "agree" if regime else "partly" if pcc >= 0.7 else "disagree",
             "" if regime else "thresholds: median PCC >= 0.8, image MSE <= 2e-3 and L-inf <= 0.1", fig))
     return claims
+
+
+def summarise_partial(out: Path):
+    """Tables, figure and claims of the finished tasks of an interrupted run under ``out/photos``
+    (``python -m experiments.photos OUT``); the run resumes with ``python -m experiments photos --out OUT``."""
+    from geomexpl import runs
+    from experiments.common import Run
+
+    workdir = Path(out) / "photos"
+    cfg = json.loads((workdir / "config.json").read_text())["options"]
+    run = Run("photos", workdir, cfg, runs.ResultTable(workdir / "results.csv", key=("task",)).rows)
+    runs.write_json(workdir / "claims.json", finish(run))
+    return run
+
+
+if __name__ == "__main__":
+    import sys
+
+    summarise_partial(Path(sys.argv[1]))
