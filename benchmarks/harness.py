@@ -1,6 +1,6 @@
 """Side-by-side timing: every case of a comparison is timed in the same run, interleaved.
 
-The CPU is small and noisy, so only ratios measured together are reported (DESIGN principle 7).
+The CPU is small and noisy, so only ratios measured together are reported (docs/design.md, principle 7).
 Each benchmark module defines ``run(report, quick)``; ``python -m benchmarks`` runs them all and
 writes ``benchmarks/results.json`` and ``benchmarks/results.md``.
 """

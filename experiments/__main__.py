@@ -11,6 +11,7 @@ from pathlib import Path
 
 from experiments.common import STUDIES, run_study, write_report
 from experiments.executors import EXECUTORS
+from geomexpl.runs import add_overwrite
 
 REPORT = Path(__file__).with_name("REPORT.md")
 
@@ -27,14 +28,20 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda:1', ...")
     parser.add_argument("--report", type=Path, help="where to write the report (default: experiments/REPORT.md "
                         "for a full 'all' run, else OUT/REPORT.md)")
+    add_overwrite(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse(argv)
     names = list(STUDIES) if "all" in args.studies else list(dict.fromkeys(args.studies))
-    for name in names:
-        run_study(name, args.out, quick=args.quick, seed=args.seed, executor=args.executor, device=args.device)
+    try:
+        for name in names:
+            run_study(name, args.out, quick=args.quick, seed=args.seed, executor=args.executor, device=args.device,
+                      overwrite=args.overwrite)
+    except ValueError as err:
+        print(f"python -m experiments: error: {err}", file=sys.stderr)
+        return 2
     report = args.report or (REPORT if "all" in args.studies and not args.quick else args.out / "REPORT.md")
     print(f"report: {write_report(args.out, names, report)}")
     return 0

@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from experiments.common import available, claim, images, method_options, model
+from experiments.stats import combine, paired_difference, verdict
 
 TITLE = "computational cost: beta-smoothing vs SmoothGrad (Fig. 5 right)"
 
@@ -59,37 +60,55 @@ def run_task(cfg: dict, task: dict, device, workdir) -> list[dict]:
                 passes[name] = seen[0] / len(x)
     finally:
         hook.remove()
-    return [{"method": task["method"], "setting": name, "samples": n, "seconds": float(np.median(times[name])),
-             "forward_passes": passes[name]} for name, n, _ in settings]
+    return [{"method": task["method"], "setting": name, "samples": n, "repeat": r, "seconds": t,
+             "forward_passes": passes[name]} for name, n, _ in settings for r, t in enumerate(times[name])]
 
 
-def finish(run) -> list[dict]:
+def _settings(run, method: str) -> list[str]:
+    return [k for k in run.levels("setting") if run.select(method=method, setting=k) and k != "beta_smoothing"]
+
+
+def figures(run) -> None:
     from matplotlib.figure import Figure
+
+    from geomexpl.plot import outside_legend
 
     fig = Figure(figsize=(5, 3.6), layout="constrained")
     ax = fig.subplots()
-    claims = []
     for method in run.levels("method"):
-        beta = run.values("seconds", method=method, setting="beta_smoothing")[0]
-        sg = [r for r in run.select(method=method) if r["setting"] != "beta_smoothing"]
-        n = np.array([float(r["samples"]) for r in sg])
-        t = np.array([float(r["seconds"]) for r in sg])
-        ax.plot(n, t / beta, "o-", label=f"{method}: SmoothGrad / beta-smoothing")
-        p_beta = run.values("forward_passes", method=method, setting="beta_smoothing")[0]
-        p_sg = np.array([float(r["forward_passes"]) for r in sg])
-        claims.append(claim(
-            f"{method}: beta-smoothing needs one forward and one backward pass, SmoothGrad one per sample",
-            "beta-smoothing 1 pass, SmoothGrad N = 10 to 50 passes, 'considerably lower cost'",
-            (f"forward passes per image: beta {p_beta:g}, SmoothGrad {', '.join(f'{p:g}' for p in p_sg)}; "
-             if p_beta else "forward passes not countable (the LRP engine traces the layers itself, no module "
-             "call to hook); ") +
-            f"time ratio SmoothGrad/beta {', '.join(f'N={k:g}: {v:.1f}x' for k, v in zip(n, t / beta))} "
-            f"(beta-smoothing {beta * 1e3:.1f} ms per batch of {run.cfg['batch']})",
-            "agree" if p_beta in (0, 1) and (t > beta).all() else "partly",
-            "timings on a shared CPU; ratios measured side by side", "cost.png"))
+        beta = np.median(run.values("seconds", method=method, setting="beta_smoothing"))
+        n = [run.values("samples", method=method, setting=k)[0] for k in _settings(run, method)]
+        t = [np.median(run.values("seconds", method=method, setting=k)) for k in _settings(run, method)]
+        ax.plot(n, np.array(t) / beta, "o-", label=f"{method}: SmoothGrad / beta-smoothing")
     ax.axhline(1, color="k", lw=0.8)
     ax.set_xlabel("SmoothGrad samples N")
-    ax.set_ylabel("time relative to beta-smoothing")
-    ax.legend(fontsize=7)
-    fig.savefig(run.path("cost.png"), dpi=110)
-    return claims
+    ax.set_ylabel("median time relative to beta-smoothing")
+    outside_legend(ax)
+    fig.savefig(run.path("cost.png"), dpi=120, bbox_inches="tight")
+
+
+def claims(run) -> list[dict]:
+    """Exact forward-pass counts, and per interleaved repeat the paired time SmoothGrad - beta > 0."""
+    out = []
+    for method in run.levels("method"):
+        beta = run.values("seconds", method=method, setting="beta_smoothing")
+        p_beta = run.values("forward_passes", method=method, setting="beta_smoothing")[0]
+        sg = {k: (run.values("samples", method=method, setting=k)[0], run.values("seconds", method=method, setting=k),
+                  run.values("forward_passes", method=method, setting=k)[0]) for k in _settings(run, method)}
+        slower = {k: paired_difference(t, beta) for k, (_, t, _) in sg.items()}
+        counted = bool(p_beta)
+        passes = ("agree" if p_beta == 1 and all(p == n for n, _, p in sg.values()) else "disagree") \
+            if counted else "inconclusive"
+        parts = {"pass counts": passes, "SmoothGrad slower": combine(verdict(d, "difference") for d in slower.values())}
+        out.append(claim(
+            f"{method}: beta-smoothing needs one forward and one backward pass, SmoothGrad one per sample",
+            "beta-smoothing 1 pass, SmoothGrad N = 10 to 50 passes, 'considerably lower cost'",
+            (f"forward passes per image: beta {p_beta:g}, SmoothGrad {', '.join(f'{p:g}' for _, _, p in sg.values())}; "
+             if counted else "forward passes not countable (the LRP engine traces the layers itself, no module "
+             "call to hook); ") + "median time ratio SmoothGrad/beta " +
+            ", ".join(f"N={n:g}: {np.median(t) / np.median(beta):.1f}x" for n, t, _ in sg.values()) +
+            f" (beta-smoothing {np.median(beta) * 1e3:.1f} ms per batch of {run.cfg['batch']}); paired time "
+            f"differences SmoothGrad - beta (s): " + ", ".join(f"N={sg[k][0]:g}: {d}" for k, d in slower.items()),
+            combine(parts.values()), "; ".join(f"{k}: {v}" for k, v in parts.items()) +
+            "; timings on a shared CPU, interleaved repeats", "cost.png"))
+    return out

@@ -25,15 +25,29 @@ def tasks(cfg: dict) -> list[dict]:
     return attack_tasks(cfg, cfg["methods"])
 
 
-def finish(run) -> list[dict]:
+def figures(run) -> None:
+    """The Fig. 2 grid: one row per method, labelled with the class and the map PCC before -> after."""
     from geomexpl.plot import manipulation_figure
 
     done = [t for t in tasks(run.cfg) if tensor_path(run.out, t).is_file()]
+    if not done:
+        return
     parts = [torch.load(tensor_path(run.out, t), weights_only=True) for t in done]
     cat = {k: torch.cat([p[k] for p in parts]) for k in ("x", "map_x", "target_map", "x_adv", "map_adv")}
-    fig = manipulation_figure(cat["x"], cat["map_x"], cat["target_map"], cat["x_adv"], cat["map_adv"])
-    fig.suptitle("rows: " + ", ".join(t["method"] for t in done), fontsize=9)
-    fig.savefig(run.path("manipulation.png"), dpi=110)
+    labels = []
+    for t in done:
+        row = run.select(task=t["task"])[0]
+        kept = "kept" if float(row["class_kept"]) == 1 else "CHANGED"
+        labels.append(f"{t['method']}\nclass {row['target_class']} {kept}\n"
+                      f"map PCC {float(row['map_pcc_before']):.2f} -> {float(row['map_pcc']):.2f}")
+    steps = int(float(run.rows[0]["steps"]))
+    manipulation_figure(cat["x"], cat["map_x"], cat["target_map"], cat["x_adv"], cat["map_adv"],
+                        run.path("manipulation.png"), row_labels=labels,
+                        title=f"one digits test pair per method, {steps} Adam steps; map PCC to the target "
+                              f"before -> after; perturbation at one scale for all rows")
+
+
+def claims(run) -> list[dict]:
     return [manipulation_claim(run, m, "manipulation.png", "Fig. 2: target closely emulated, perturbation hardly "
                                "visible, for all six methods", method=m) for m in run.levels("method")] + [
         claim(f"{m}: manipulable (Fig. 2)", "yes", "not run", "not run",

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from experiments.common import claim, images, model
+from experiments.stats import combine, paired_difference, rate_ci, verdict
 
 TITLE = "pixel flipping: beta-smoothing and SmoothGrad vs gradient vs random (Fig. 7, supp. Fig. 21)"
 KINDS = ("gradient", "beta_1", "smoothgrad_0.2", "random")
@@ -14,8 +15,8 @@ KINDS = ("gradient", "beta_1", "smoothgrad_0.2", "random")
 def config(quick: bool) -> dict:
     if quick:
         return {"images": 8, "flip_steps": 5, "sg_samples": 2, "random_seeds": 2, "note": "quick."}
-    return {"images": 360, "flip_steps": 21, "sg_samples": 20, "random_seeds": 5,
-            "note": "all 360 digits test images, VGG, 21 flipping fractions, pixels set to 0 (the black background); "
+    return {"images": 359, "flip_steps": 21, "sg_samples": 20, "random_seeds": 5,
+            "note": "all 359 digits test images, VGG, 21 flipping fractions, pixels set to 0 (the black background); "
                     "SmoothGrad with 20 samples; 5 random-map seeds."}
 
 
@@ -42,28 +43,41 @@ def run_task(cfg: dict, task: dict, device, workdir) -> list[dict]:
     x, labels = x[: cfg["images"]], labels[: cfg["images"]]
     rows = []
     for rep, maps in enumerate(_maps(task["kind"], net, x, labels, cfg, cfg["seed"])):
-        fractions, acc = pixel_flipping(net, x, labels, maps, steps=cfg["flip_steps"])
-        rows += [{"kind": task["kind"], "repeat": rep, "fraction": float(f), "accuracy": float(a)}
-                 for f, a in zip(fractions.tolist(), acc.tolist())]
+        fractions, correct = pixel_flipping(net, x, labels, maps, steps=cfg["flip_steps"], per_example=True)
+        area = np.trapezoid(correct.cpu().numpy(), fractions.cpu().numpy(), axis=1)  # per image
+        base = {"kind": task["kind"], "repeat": rep, "fraction": "", "accuracy": "", "example": "", "area": ""}
+        rows += [{**base, "row": "curve", "fraction": float(f), "accuracy": float(a)}
+                 for f, a in zip(fractions.tolist(), correct.mean(0).tolist())]
+        rows += [{**base, "row": "image", "example": i, "area": float(a)} for i, a in enumerate(area.tolist())]
     return rows
 
 
-def finish(run) -> list[dict]:
+def figures(run) -> None:
     from geomexpl.plot import morf_curves
 
-    fractions = np.unique(run.values("fraction"))
-    curves = {k: np.stack([run.values("accuracy", kind=k, repeat=r) for r in
+    fractions = np.unique(run.values("fraction", row="curve"))
+    curves = {k: np.stack([run.values("accuracy", kind=k, repeat=r, row="curve") for r in
                            sorted({int(row["repeat"]) for row in run.select(kind=k)})]) for k in run.levels("kind")}
     morf_curves(fractions, {k: (v if len(v) > 1 else v[0]) for k, v in curves.items()}, run.path("morf.png"))
-    area = {k: float(np.trapezoid(v.mean(0), fractions)) for k, v in curves.items()}
-    ours = "area under the MoRF curve (lower is better): " + ", ".join(f"{k} {a:.3f}" for k, a in area.items())
-    smooth_better = area["beta_1"] < area["gradient"] and area["smoothgrad_0.2"] < area["gradient"]
-    comparable = abs(area["beta_1"] - area["smoothgrad_0.2"]) < 0.1 * area["gradient"]
+
+
+def _areas(run, kind: str) -> np.ndarray:
+    """Per image, the area under its MoRF correctness curve, averaged over the kind's repeats."""
+    reps = sorted({int(r["repeat"]) for r in run.select(kind=kind)})
+    return np.mean([run.values("area", kind=kind, repeat=r, row="image") for r in reps], axis=0)
+
+
+def claims(run) -> list[dict]:
+    """Paired over images: mean area(gradient) - area(smoothed) > 0 (smoothed removes the class faster)."""
+    area = {k: _areas(run, k) for k in run.levels("kind")}
+    ours = "area under the MoRF curve (mean over images, lower is better): " + ", ".join(
+        f"{k} {rate_ci(a)}" for k, a in area.items())
+    better = {k: paired_difference(area["gradient"], area[k], np.mean) for k in ("beta_1", "smoothgrad_0.2")}
+    random = {k: paired_difference(area["random"], area[k], np.mean) for k in area if k != "random"}
     return [claim("beta-smoothed (beta=1) and SmoothGrad maps beat the gradient on pixel flipping",
                   "Fig. 7 / supp. Fig. 21: beta-smoothing better than gradient, comparable to SmoothGrad",
-                  ours, "agree" if smooth_better and comparable else "partly" if smooth_better else "disagree",
-                  "" if smooth_better else "on this digits net the smoothed maps do not remove the class faster",
-                  "morf.png"),
-            claim("every explanation beats random maps", "Fig. 21: all curves below the random baseline", ours,
-                  "agree" if all(area[k] < area["random"] for k in area if k != "random") else "disagree", "",
-                  "morf.png")]
+                  ours + "; paired mean area gradient - smoothed: " + ", ".join(f"{k} {d}" for k, d in better.items()),
+                  combine(verdict(d, "difference") for d in better.values()), "", "morf.png"),
+            claim("every explanation beats random maps", "Fig. 21: all curves below the random baseline",
+                  "paired mean area random - method: " + ", ".join(f"{k} {d}" for k, d in random.items()),
+                  combine(verdict(d, "difference") for d in random.values()), "", "morf.png")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments.common import available, claim, images, method_options, model
+from experiments.stats import combine, median_ci, paired_difference, threshold, verdict
 
 TITLE = "sanity checks of modified backprop: CSC, random logit, parameter randomisation (Sixt et al.)"
 CONVERGING = ("lrp_alpha_beta", "deep_taylor", "excitation_backprop", "pattern_attribution")
@@ -38,6 +39,8 @@ def tasks(cfg: dict) -> list[dict]:
 
 
 def run_task(cfg: dict, task: dict, device, workdir) -> list[dict]:
+    """Per image: the CSC (median |cos| over locations and vector pairs) at every layer, the SSIM of
+    the true and a random logit's maps, and the SSIM after each cascading randomisation step."""
     import torch
 
     sanity, method, dev = _sanity(), task["method"], str(device)
@@ -46,65 +49,89 @@ def run_task(cfg: dict, task: dict, device, workdir) -> list[dict]:
     opts = method_options(method, "vgg", "digits", dev)
     gen = torch.Generator(device).manual_seed(cfg["seed"])
     rows = []
-    csc = sanity.cosine_similarity_convergence(net, x, method, n_vectors=cfg["n_vectors"], generator=gen, **opts)
-    rows += [{"method": method, "check": "csc", "layer": e.layer, "depth": e.depth, "value": e.median,
-              "baseline": e.baseline_median, "dim": e.dim} for e in csc.layers]
+    for b in range(len(x)):  # one image at a time, so that each image gives one CSC value per layer
+        csc = sanity.cosine_similarity_convergence(net, x[b:b + 1], method, n_vectors=cfg["n_vectors"],
+                                                   generator=gen, **opts)
+        rows += [{"method": method, "check": "csc", "example": b, "layer": e.layer, "depth": e.depth,
+                  "value": e.median, "baseline": e.baseline_median, "dim": e.dim} for e in csc.layers]
     logit = sanity.random_logit(net, x, method, target=y, generator=gen, **opts)
-    rows.append({"method": method, "check": "random_logit", "layer": "logits", "depth": 0,
-                 "value": float(logit.ssim.median()), "baseline": float("nan"), "dim": 0})
+    rows += [{"method": method, "check": "random_logit", "example": b, "layer": "logits", "depth": 0,
+              "value": float(v), "baseline": float("nan"), "dim": 0} for b, v in enumerate(logit.ssim.tolist())]
     rand = sanity.parameter_randomisation(net, x, method, "cascading", generator=gen, **opts)
-    rows += [{"method": method, "check": "cascading", "layer": name, "depth": i + 1,
-              "value": float(rand.ssim[i].median()), "baseline": float("nan"), "dim": 0}
-             for i, name in enumerate(rand.layers)]
+    rows += [{"method": method, "check": "cascading", "example": b, "layer": name, "depth": i + 1,
+              "value": float(v), "baseline": float("nan"), "dim": 0}
+             for i, name in enumerate(rand.layers) for b, v in enumerate(rand.ssim[i].tolist())]
     return rows
 
 
-def finish(run) -> list[dict]:
+def _lowest(run, method: str) -> list[dict]:
+    """CSC rows of the lowest layer with more than one channel (the deepest the vectors reach)."""
+    csc = [r for r in run.select(method=method, check="csc") if int(r["dim"]) > 1]
+    deepest = max((int(r["depth"]) for r in csc), default=None)
+    return [r for r in csc if int(r["depth"]) == deepest]
+
+
+def _by_depth(run, method: str, check: str, multi_channel: bool = False) -> tuple[np.ndarray, np.ndarray, list]:
+    """(depths, values [images, depths], layer names) of one check of one method."""
+    rows = [r for r in run.select(method=method, check=check) if not multi_channel or int(r["dim"]) > 1]
+    depths = sorted({int(r["depth"]) for r in rows})
+    names = [next(r["layer"] for r in rows if int(r["depth"]) == d) for d in depths]
+    values = np.stack([[float(r["value"]) for r in rows if int(r["depth"]) == d] for d in depths], axis=1)
+    return np.array(depths), values, names
+
+
+def figures(run) -> None:
     from matplotlib.figure import Figure
 
-    claims = [claim(f"{m}: sanity checks", "Sixt et al. Figs. 4-5", "not run", "not run",
-                    f"{m} is not available") for m in run.cfg["missing"]]
+    from geomexpl.plot import box_plots, percentile_curves
+
     if not run.rows:
-        return claims
-    fig = Figure(figsize=(13, 3.8), layout="constrained")
-    ax_csc, ax_logit, ax_rand = fig.subplots(1, 3)
-    lowest = {}
+        return
+    fig = Figure(figsize=(15, 4.4), layout="constrained")
+    ax_csc, ax_logit, ax_rand = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.3, 0.8, 1.3]})
     for m in run.levels("method"):
-        csc = [r for r in run.select(method=m, check="csc") if int(r["dim"]) > 1]
-        depth = np.array([int(r["depth"]) for r in csc])
-        gap = np.array([1 - float(r["value"]) for r in csc])
-        ax_csc.semilogy(depth, np.maximum(gap, 1e-16), "o-", ms=3, label=m)
-        lowest[m] = float(csc[-1]["value"]) if csc else float("nan")
-        dim = csc[-1]["dim"] if csc else "?"
-        ax_rand.plot(run.values("depth", method=m, check="cascading"), run.values("value", method=m, check="cascading"),
-                     "o-", ms=3, label=m)
-    logit = {m: run.values("value", method=m, check="random_logit")[0] for m in run.levels("method")}
-    ax_logit.bar(range(len(logit)), list(logit.values()))
-    ax_logit.set_xticks(range(len(logit)), list(logit), rotation=40, fontsize=7)
-    ax_csc.set(xlabel="layers below the logits", ylabel="1 - median |cos|", title="CSC (lower = converged)")
-    ax_logit.set(ylabel="median SSIM", title="true vs random logit")
-    ax_rand.set(xlabel="layers randomised (from the top)", ylabel="median SSIM", title="cascading randomisation")
-    ax_csc.legend(fontsize=6)
-    fig.savefig(run.path("sanity.png"), dpi=110)
-    fmt = lambda d: ", ".join(f"{k} {v:.3f}" for k, v in d.items())  # noqa: E731
-    conv = [m for m in CONVERGING if m in lowest]
-    rest = [m for m in NOT_CONVERGING if m in lowest]
-    gaps = {m: 1 - v for m, v in lowest.items()}
-    separated = bool(conv and rest) and max(gaps[m] for m in conv) < 0.1 * min(gaps[m] for m in rest)
-    claims.append(claim("z+-rule methods and PatternAttribution converge to rank one, gradient and DeepLIFT do not",
-                        "all modified BP methods except LRP_z and DeepLIFT reach 0.99 cosine similarity (Fig. 5); "
-                        "the gradient does not converge (sec. 1)",
-                        f"1 - median |cos| at the lowest multi-channel layer ({dim} channels): "
-                        + ", ".join(f"{k} {v:.1e}" for k, v in gaps.items()),
-                        "agree" if separated else "partly",
-                        "converging methods are orders of magnitude closer to rank one, but on this digits net the "
-                        "gradient and DeepLIFT also reach ~0.99 at the first layers (Sixt et al. report them far "
-                        "lower on VGG-16): worth a closer look at the small net or at the per-location CSC"
-                        if separated else "the methods are not clearly separated on this digits net", "sanity.png"))
-    claims.append(claim("converging methods ignore the explained logit",
-                        "random-logit SSIM very close to 1 for converging methods, 0.4-0.8 for the rest (Fig. 4a)",
-                        "median SSIM true vs random logit: " + fmt(logit),
-                        "agree" if rest and all(logit[m] > max(logit[r] for r in rest) for m in conv) else "partly",
-                        "ordering as in the paper, but every SSIM is high on digits: most of a digit image is empty "
-                        "background, where all maps agree", "sanity.png"))
-    return claims
+        depth, cos, names = _by_depth(run, m, "csc", multi_channel=True)
+        percentile_curves(depth, {m: np.maximum(1 - cos, 1e-16)}, ax=ax_csc, logy=True,
+                          xlabel="layers below the logits (multi-channel layers)", ylabel="1 - |cos| (median, 10-90%)")
+        depth, ssim, rand_names = _by_depth(run, m, "cascading")
+        percentile_curves(depth, {m: ssim}, ax=ax_rand, xlabel="layers randomised from the top, by module name",
+                          ylabel="SSIM to the original map")
+    ax_csc.axhline(1 - threshold("csc"), color="k", lw=0.8, ls=":")
+    ax_csc.set_title("CSC: lower = converged; dotted: Sixt's |cos| 0.99", fontsize=9)
+    ax_rand.set_xticks(depth, rand_names, rotation=60, ha="right", fontsize=6)
+    ax_rand.set_title("cascading randomisation", fontsize=9)
+    box_plots({m: run.values("value", method=m, check="random_logit") for m in run.levels("method")}, ax=ax_logit,
+              ylabel="SSIM true vs random logit")
+    ax_logit.set_title("random logit", fontsize=9)
+    ax_logit.tick_params(axis="x", labelrotation=60, labelsize=7)
+    fig.savefig(run.path("sanity.png"), dpi=120, bbox_inches="tight")
+
+
+def claims(run) -> list[dict]:
+    out = [claim(f"{m}: sanity checks", "Sixt et al. Figs. 4-5", "not run", "not run", f"{m} is not available")
+           for m in run.cfg["missing"]]
+    if not run.rows:
+        return out
+    methods = run.levels("method")
+    for group, above, paper in ((CONVERGING, True, "reaches |cos| 0.99 (Fig. 5: all modified BP methods except "
+                                                    "LRP_z and DeepLIFT)"),
+                                (NOT_CONVERGING, False, "does not converge (sec. 1: the gradient; Fig. 5: DeepLIFT)")):
+        for m in (m for m in group if m in methods):
+            rows = _lowest(run, m)
+            ci = median_ci([float(r["value"]) for r in rows])
+            where = f"layer {rows[0]['layer']} ({rows[0]['dim']} channels)" if rows else "no multi-channel layer"
+            out.append(claim(f"{m}: {'converges' if above else 'does not converge'} to rank one (CSC)", paper,
+                             f"median over images of the median |cos| at the lowest {where}: {ci}",
+                             verdict(ci, "csc", above=above), "threshold: Sixt et al.'s |cos| 0.99", "sanity.png"))
+    conv = [m for m in CONVERGING if m in methods]
+    rest = [m for m in NOT_CONVERGING if m in methods]
+    logit = {m: run.values("value", method=m, check="random_logit") for m in methods}
+    diffs = {(c, r): paired_difference(logit[c], logit[r]) for c in conv for r in rest}
+    if diffs:
+        out.append(claim("converging methods ignore the explained logit more than the gradient and DeepLIFT",
+                         "random-logit SSIM very close to 1 for converging methods, 0.4-0.8 for the rest (Fig. 4a)",
+                         "median SSIM true vs random logit: " + ", ".join(f"{m} {median_ci(v)}" for m, v in logit.items())
+                         + "; paired differences: " + ", ".join(f"{c} - {r} {d}" for (c, r), d in diffs.items()),
+                         combine(verdict(d, "difference") for d in diffs.values()),
+                         "most of a digit image is empty background, where all maps agree", "sanity.png"))
+    return out

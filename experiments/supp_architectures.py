@@ -21,8 +21,11 @@ def tasks(cfg: dict) -> list[dict]:
     return attack_tasks(cfg, ["gradient"], archs=cfg["archs"])
 
 
-def finish(run) -> list[dict]:
+def figures(run) -> None:
     box_figure(run, [("map_pcc", "PCC(h_adv, h_t)"), ("image_ssim", "SSIM(x_adv, x)"),
                      ("logit_change", "|g~(x_adv) - g~(x)|")], run.path("architectures.png"), group_key="arch")
+
+
+def claims(run) -> list[dict]:
     return [manipulation_claim(run, arch, "architectures.png", "supp. Figs. 7-8: comparable similarity for all "
                                "four architectures", arch=arch) for arch in run.levels("arch")]

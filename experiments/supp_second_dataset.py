@@ -22,8 +22,11 @@ def tasks(cfg: dict) -> list[dict]:
     return attack_tasks(cfg, cfg["methods"], datasets=("faces",))
 
 
-def finish(run) -> list[dict]:
+def figures(run) -> None:
     box_figure(run, [("map_pcc", "PCC(h_adv, h_t)"), ("map_ssim", "SSIM(h_adv, h_t)"),
                      ("image_ssim", "SSIM(x_adv, x)")], run.path("faces.png"))
+
+
+def claims(run) -> list[dict]:
     return [manipulation_claim(run, f"faces, {m}", "faces.png", "supp. Fig. 13: LRP on CIFAR-10 manipulated "
                                "as on ImageNet", method=m) for m in run.levels("method")]

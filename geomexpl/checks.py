@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def check_tensor(x, name: str, *, min_dim: int = 1, max_dim: int | None = None) -> torch.Tensor:
@@ -41,3 +42,48 @@ def channel_bounds(x: torch.Tensor, lower, upper) -> tuple[torch.Tensor, torch.T
         shape = (1, -1) + (1,) * (x.dim() - 2)
         lo, hi = lo.reshape(shape), hi.reshape(shape)
     return lo, hi
+
+
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.modules.instancenorm._InstanceNorm,
+                   nn.RReLU)
+
+
+def check_eval(model: nn.Module, where: str) -> None:
+    """Refuse a model whose output depends on training mode (batch norm, dropout) while it trains.
+
+    In train mode batch norm uses the batch's statistics and dropout draws fresh masks, so a result
+    changes between identical calls and depends on the rest of the batch. The model is never put
+    into eval mode behind the caller's back.
+    """
+    from geomexpl.nets import unwrap
+
+    for name, module in unwrap(model)[0].named_modules():
+        if module.training and isinstance(module, _MODE_DEPENDENT):
+            if isinstance(module, nn.modules.instancenorm._InstanceNorm) and not module.track_running_stats:
+                continue
+            raise ValueError(f"{where} needs the model in eval mode: layer {name or '<root>'!r} "
+                             f"({type(module).__name__}) is in training mode, so results would depend on the "
+                             "batch and change between calls; call model.eval() first")
+
+
+def check_smooth(model: nn.Module, x: torch.Tensor, where: str) -> None:
+    """Refuse a ReLU (or otherwise kinked) network where second derivatives are needed.
+
+    A ReLU network is piecewise linear: its Hessian is zero almost everywhere, so every curvature
+    would come out 0 (and ARPACK stops with 'error -9: starting vector is zero'). A softplus twin
+    with a finite beta is smooth and passes.
+    """
+    from geomexpl.nets.softplus import SoftplusTwin, UnsupportedActivationError, count_relus
+
+    check_eval(model, where)
+    if isinstance(model, SoftplusTwin) and model.beta is not None:
+        return
+    try:
+        relus = count_relus(model, x[:1].detach())
+    except UnsupportedActivationError as err:
+        raise ValueError(f"{where} needs a twice differentiable network: {err}") from None
+    if relus:
+        raise ValueError(f"{where} needs a twice differentiable network, but this one computes {relus} ReLU(s): "
+                         "its level sets are piecewise flat, so every curvature would be 0 (ARPACK: 'starting "
+                         "vector is zero'). Measure its softplus twin: logit(geomexpl.nets.softplus_twin(model, "
+                         "beta), k)")

@@ -107,7 +107,7 @@ def load(name: str, split: str = "test", size: int | None = None,
          dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images [N, C, size, size] in [0, 1], labels [N])`` of a built-in dataset.
 
-    ``load('digits', 'test')``: 360 of scikit-learn's 1797 digits, upsampled from 8x8 to 32x32.
+    ``load('digits', 'test')``: 359 of scikit-learn's 1797 digits, upsampled from 8x8 to 32x32.
     ``load('faces', 'train')``: scikit-image's LFW subset (faces vs non-faces), from 25x25.
     ``load('photos', 'test')``: 160 RGB 64x64 crops of 10 photographs, labelled by the photograph
     (train and test crops come from disjoint regions; see :mod:`geomexpl.photos`).

@@ -198,7 +198,8 @@ def flip_most_relevant(x: torch.Tensor, ranks: torch.Tensor, count: int, baselin
 
 
 def pixel_flipping(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor,
-                   steps: int = 11, baseline=0.0, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                   steps: int = 11, baseline=0.0, batch_size: int = 256,
+                   per_example: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """MoRF pixel-flipping curve (supplement D.1, Fig. 7 and 21).
 
     Pixels of every image are sorted by its relevance map [B, H, W], most relevant first, and an
@@ -206,7 +207,8 @@ def pixel_flipping(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor
     of ``model`` on the whole set is measured. A faster drop means a better explanation.
 
     Returns ``fractions`` [S] (k / (H W), k = round(f H W) for f = linspace(0, 1, steps)) and
-    ``accuracies`` [S]. ``model`` is called as it is (put it in eval mode), without gradients.
+    ``accuracies`` [S], or with ``per_example`` each image's correctness [B, S] (0/1; its mean over
+    images is the accuracy), for intervals over images. ``model`` is called as it is (put it in eval mode), without gradients.
     """
     check_tensor(x, "x", min_dim=4, max_dim=4)
     check_tensor(maps, "maps", min_dim=3, max_dim=3)
@@ -221,13 +223,14 @@ def pixel_flipping(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     pixels = maps[0].numel()
     counts = torch.linspace(0, pixels, steps).round().long().tolist()
-    correct = torch.zeros(steps, dtype=torch.long, device=x.device)
+    correct = torch.zeros(x.shape[0], steps, dtype=torch.long, device=x.device)
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
             chunk = slice(start, start + batch_size)
             ranks = relevance_ranks(maps[chunk].to(x.device))
             for step, count in enumerate(counts):
                 logits = model(flip_most_relevant(x[chunk], ranks, count, baseline))
-                correct[step] += (logits.argmax(dim=1) == labels[chunk].to(x.device)).sum()
+                correct[chunk, step] = (logits.argmax(dim=1) == labels[chunk].to(x.device)).long()
     fractions = torch.tensor(counts, dtype=x.dtype, device=x.device) / pixels
-    return fractions, correct.to(x.dtype) / x.shape[0]
+    correct = correct.to(x.dtype)
+    return fractions, (correct if per_example else correct.mean(0))

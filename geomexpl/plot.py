@@ -19,10 +19,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cbook import boxplot_stats
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 HEATMAP_CMAP = "seismic"  # Sixt et al.'s red (positive) / white (zero) / blue (negative) map
 BAND_PERCENTILES = (10, 90)  # Dombrowski et al. footnote 2: whiskers and bands at 10th/90th
 BAND_ALPHA = 0.3
+LINE_STYLES = ("-", "--", "-.", ":")  # with MARKERS, so curves that lie on each other stay distinguishable
+MARKERS = ("o", "s", "^", "v", "D", "x", "+", "*")
 MANIPULATION_TITLES = ("original image", "original map", "target map",
                        "manipulated image", "manipulated map", "perturbation")
 
@@ -104,13 +107,16 @@ def image(ax: Axes, x, *, lower=0.0, upper=1.0, title: str | None = None) -> Fig
 
 
 def manipulation_figure(x, map_x, target_map, x_adv, map_adv, path=None, titles=None, *,
-                        lower=0.0, upper=1.0) -> Figure:
+                        lower=0.0, upper=1.0, row_labels=None, title: str | None = None) -> Figure:
     """Dombrowski et al. Fig. 2: one row per example, six columns: original image, original map,
     target map, manipulated image, manipulated map (both framed in red, as in the paper) and the
     perturbation x_adv - x (summed over channels, red/blue around zero).
 
     x, x_adv: [N, C, H, W] in [lower, upper]; maps: [N, H, W]. The three maps of a row share one
-    colour scale so their magnitudes compare. ``titles``: six column titles.
+    colour scale (a colour bar per row gives its range); the perturbation has one colour scale for
+    the whole figure (one colour bar), so perturbations of different rows compare. ``titles``: six
+    column titles; ``row_labels``: one label per row (e.g. method, class and map PCC), written
+    left of the row; ``title``: a figure title above the column titles.
     """
     x, x_adv = _numpy(x, "x"), _numpy(x_adv, "x_adv")
     maps = {"map_x": _numpy(map_x, "map_x"), "target_map": _numpy(target_map, "target_map"),
@@ -124,11 +130,17 @@ def manipulation_figure(x, map_x, target_map, x_adv, map_adv, path=None, titles=
     if len(titles) != 6:
         raise ValueError(f"titles must name the 6 columns, got {len(titles)}")
     rows = x.shape[0]
-    fig = _new_figure((6 * 1.5, rows * 1.5 + 0.4))
+    if row_labels is not None and len(row_labels) != rows:
+        raise ValueError(f"row_labels must label the {rows} rows, got {len(row_labels)}")
+    left = 1.6 if row_labels is not None else 0.1  # inches
+    head = 0.45 + (0.35 if title else 0.0)
+    width, height = left + 6 * 1.5 + 1.4, rows * 1.5 + head
+    fig = _new_figure((width, height))
     axes = fig.subplots(rows, 6, squeeze=False)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.4 / (rows * 1.5 + 0.4),
-                        wspace=0.08, hspace=0.08)
+    fig.subplots_adjust(left=left / width, right=1 - 1.4 / width, bottom=0.05 / height, top=1 - head / height,
+                        wspace=0.08, hspace=0.12)
     perturbation = (x_adv - x).sum(axis=1)
+    limit = float(np.abs(perturbation).max()) or 1.0
     for row in range(rows):
         shared = max(float(np.abs(m[row]).max()) for m in maps.values())
         image(axes[row, 0], x[row], lower=lower, upper=upper)
@@ -136,19 +148,33 @@ def manipulation_figure(x, map_x, target_map, x_adv, map_adv, path=None, titles=
         heatmap(axes[row, 2], maps["target_map"][row], vmax=shared)
         image(axes[row, 3], x_adv[row], lower=lower, upper=upper)
         heatmap(axes[row, 4], maps["map_adv"][row], vmax=shared)
-        heatmap(axes[row, 5], perturbation[row])
-    for column, title in enumerate(titles):
-        axes[0, column].set_title(title, fontsize=9)
+        heatmap(axes[row, 5], perturbation[row], vmax=limit)
+        if row_labels is not None:
+            axes[row, 0].set_ylabel(row_labels[row], rotation=0, ha="right", va="center", fontsize=8, labelpad=6)
+    for column, name in enumerate(titles):
+        axes[0, column].set_title(name, fontsize=9)
     top, bottom = axes[0, 3].get_position(), axes[-1, 4].get_position()
     pad = 0.004
     fig.add_artist(Rectangle((top.x0 - pad, bottom.y0 - pad), bottom.x1 - top.x0 + 2 * pad,
                              top.y1 - bottom.y0 + 2 * pad, transform=fig.transFigure,
                              fill=False, edgecolor="red", linewidth=2))
+    for row in range(rows):  # colour bars right of the figure: the row's map scale, then the perturbation's
+        box = axes[row, 5].get_position()
+        for k, (source, label) in enumerate(((axes[row, 4], "maps"), (axes[row, 5], "perturbation"))):
+            cax = fig.add_axes((box.x1 + (0.1 + 0.65 * k) / width, box.y0, 0.1 / width, box.height))
+            bar = fig.colorbar(source.images[-1], cax=cax)
+            bar.ax.tick_params(labelsize=6)
+            bar.ax.yaxis.get_offset_text().set_fontsize(6)
+            if row == 0:
+                cax.set_title(label, fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.1 / height, va="top")
     return _save(fig, path)
 
 
 def explanations_figure(x, maps: Mapping, path=None, *, lower=0.0, upper=1.0) -> Figure:
-    """One row per image: the image, then its map for each method (red/blue heatmaps).
+    """One row per image: the image, then its map for each method (red/blue heatmaps, each with a
+    colour bar giving its range).
 
     x: [N, C, H, W]; maps: method name -> [N, H, W].
     """
@@ -164,6 +190,9 @@ def explanations_figure(x, maps: Mapping, path=None, *, lower=0.0, upper=1.0) ->
         image(axes[row, 0], x[row], lower=lower, upper=upper, title="image" if row == 0 else None)
         for col, (name, m) in enumerate(maps.items(), start=1):
             heatmap(axes[row, col], m[row], title=name if row == 0 else None)
+            bar = fig.colorbar(axes[row, col].images[-1], ax=axes[row, col], fraction=0.046, pad=0.02)
+            bar.ax.tick_params(labelsize=5)
+            bar.ax.yaxis.get_offset_text().set_fontsize(5)
     return _save(fig, path)
 
 
@@ -212,6 +241,11 @@ def box_plots(table, path=None, ylabel: str = "", *, ax: Axes | None = None, tit
     return _save(fig, path)
 
 
+def outside_legend(ax: Axes, fontsize: float = 7) -> None:
+    """The legend right of the axes, off the data (figures are saved with a tight bounding box)."""
+    ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
 def _draw_band(ax: Axes, x: np.ndarray, ys: np.ndarray, label: str) -> tuple[np.ndarray, str]:
     """Median line and 10th-90th percentile band (NaN entries ignored); returns the median, colour."""
     if ys.ndim == 1:
@@ -219,7 +253,9 @@ def _draw_band(ax: Axes, x: np.ndarray, ys: np.ndarray, label: str) -> tuple[np.
     if ys.ndim != 2 or ys.shape[1] != x.size:
         raise ValueError(f"{label!r} must be [N, {x.size}] (one column per x), got shape {ys.shape}")
     median = np.nanmedian(ys, axis=0)
-    (line,) = ax.plot(x, median, label=label)
+    k = len(ax.get_lines())
+    (line,) = ax.plot(x, median, label=label, linestyle=LINE_STYLES[k % len(LINE_STYLES)],
+                      marker=MARKERS[k % len(MARKERS)], markersize=4)
     if ys.shape[0] > 1:
         low, high = np.nanpercentile(ys, BAND_PERCENTILES, axis=0)
         ax.fill_between(x, low, high, color=line.get_color(), alpha=BAND_ALPHA, linewidth=0)
@@ -254,9 +290,11 @@ def percentile_curves(x, ys: Mapping, path=None, *, ax: Axes | None = None, xlab
                     label=f"{label} fit: slope {slope:.3g}")
     ax.set_xscale("log" if logx else "linear")
     ax.set_yscale("log" if logy else "linear")
+    if not logx and np.allclose(x, np.round(x)):  # counts (layers, N): integer ticks only
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    outside_legend(ax)
     if title is not None:
         ax.set_title(title)
     return _save(fig, path)
@@ -277,7 +315,7 @@ def morf_curves(fractions, curves: Mapping, path=None, *, ax: Axes | None = None
     ax.set_xlabel("fraction of pixels flipped (most relevant first)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0.0, 1.02)
-    ax.legend(fontsize=8)
+    outside_legend(ax)
     if title is not None:
         ax.set_title(title)
     return _save(fig, path)

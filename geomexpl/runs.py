@@ -1,6 +1,6 @@
 """Plumbing of every long run: device choice, the recorded environment, and resumable result tables.
 
-Results are data (DESIGN principle 6): tidy CSV rows appended as they are produced and flushed to
+Results are data (docs/design.md, principle 6): tidy CSV rows appended as they are produced and flushed to
 disk, so an interrupted run keeps what it wrote and a re-run skips what is done; JSON files are
 written atomically (temporary file, then rename).
 """
@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 from pathlib import Path
 
 import torch
@@ -46,19 +47,50 @@ def environment(seed: int, device: torch.device | str, **extra) -> dict:
     }
 
 
-def start_run(out: Path, options: dict, seed: int, device) -> None:
-    """Write ``out/config.json`` (options, seed, versions, device), refusing a folder of another run.
+def claim_run(out: Path, options: dict, *, overwrite: bool = False) -> bool:
+    """The run-folder rule of every command; writes nothing. True when ``out`` holds this same run.
 
-    A folder whose config holds the same options is resumed; one with other options is refused, so
-    results of different runs never mix and nothing written is overwritten.
+    ``out`` may be missing or empty (a new run), or hold a run whose ``config.json`` has the same
+    options (resumed, or redone where a command has no steps). A folder holding another run is
+    refused unless ``overwrite`` (then it is deleted); one holding files but no ``config.json`` is
+    always refused, so --overwrite can never delete a folder that is not a run.
+    Options should name the command and the device type (a resume on another device is refused).
     """
-    path = Path(out) / "config.json"
-    if path.is_file():
-        stored = json.loads(path.read_text()).get("options")
-        if stored != json.loads(json.dumps(options, default=_plain)):
-            raise ValueError(f"{path.parent} holds a run with other options; choose another --out "
-                             f"(stored {stored}, asked {options})")
-    write_json(path, {"options": options, **environment(seed, device)})
+    out = Path(out)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return False
+    if not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    path = out / "config.json"
+    if not path.is_file():  # never deleted, not even with --overwrite: it may be anything
+        raise ValueError(f"{out} holds files but no run (no config.json); choose a new or empty --out")
+    stored = json.loads(path.read_text())
+    stored = stored.get("options") if isinstance(stored, dict) else None
+    if stored == json.loads(json.dumps(options, default=_plain)):
+        return True
+    if not overwrite:
+        raise ValueError(f"{out} holds a run with other options (stored {stored}, asked {options}); choose "
+                         "another --out, or pass --overwrite to replace it")
+    shutil.rmtree(out)
+    return False
+
+
+def start_run(out: Path, options: dict, seed: int, device, *, overwrite: bool = False) -> bool:
+    """:func:`claim_run`, then write ``out/config.json`` (options, seed, versions, device).
+
+    Call it after every input is validated, so that a run that fails validation writes nothing.
+    ``options`` gain ``device_type``. Returns True when an earlier run with these options is resumed.
+    """
+    options = {**options, "device_type": torch.device(device).type}
+    resumed = claim_run(out, options, overwrite=overwrite)
+    write_json(Path(out) / "config.json", {"options": options, **environment(seed, device)})
+    return resumed
+
+
+def add_overwrite(parser) -> None:
+    """The ``--overwrite`` option of every command that writes a run folder."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a --out folder that holds another run (default: refuse)")
 
 
 def write_json(path: Path, data) -> Path:
@@ -67,6 +99,19 @@ def write_json(path: Path, data) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    """Write ``rows`` (same keys) as a CSV table, atomically (a table that is redone, not appended)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
     os.replace(tmp, path)
     return path
 

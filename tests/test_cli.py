@@ -101,3 +101,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert float(kappa["1.0"]) < float(kappa["20.0"])  # flatter level sets at small beta
     assert {row["kind"] for row in summary["theorem1"]} == {"attack", "random", "geodesic"}
     assert all(row["holds"] and row["lhs"] <= row["rhs"] for row in summary["theorem1"])
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["options"] == {"command": "demo", "n": 2, "steps": 3, "seed": 0, "device_type": "cpu"}
+    attack_rows = list(csv.DictReader((tmp_path / "attack.csv").open()))
+    assert len(attack_rows) == 2 and {"map_pcc", "image_index"} <= set(attack_rows[0])
+    assert len(list(csv.DictReader((tmp_path / "curvature.csv").open()))) == 3 * 2 * 3  # betas x images x k

@@ -1,4 +1,4 @@
-"""Every explanation method is an exactly differentiable function of x (DESIGN principle 1).
+"""Every explanation method is an exactly differentiable function of x (docs/design.md, principle 1).
 
 On softplus twins of tiny random float64 CNNs covering every layer type the engine knows (conv,
 folded and unfolded batch norm, ReLU modules reused and functional, max / avg / adaptive-avg
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geomexpl.explain import METHODS, explain, fit_patterns, relevance_map
+from geomexpl.explain.rules import TWIN_EPSILON
 from geomexpl.nets import softplus_twin
 
 KINDS = ("seq", "res", "dense")
@@ -117,6 +118,8 @@ def tiny_patterns(kind: str):
 
 
 def method_options(method: str, kind: str) -> dict:
+    if method in ("lrp_epsilon", "lrp_cmp"):  # under a twin, epsilon must bound 1 / (z + eps)
+        return {"epsilon": TWIN_EPSILON}
     return {"patterns": tiny_patterns(kind)} if method.startswith("pattern") else {}
 
 

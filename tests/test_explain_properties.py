@@ -156,7 +156,7 @@ def test_pattern_attribution_recovers_the_signal_direction():
 
     def cosine(u, v):
         return float(u @ v / (u.norm() * v.norm()))
-    for a in (patterns.positive["_0"][0], patterns.negative["_0"][0]):
+    for a in (patterns.positive["0"][0], patterns.negative["0"][0]):
         assert cosine(a, a_s) > 0.999
         assert float(w @ a) == pytest.approx(1.0)  # normalisation a = cov / (w^T cov)
     x = data[:8]
@@ -205,8 +205,8 @@ def test_explaining_leaves_the_model_untouched():
 # ------------------------------------------------------------------ the propagate() entry point
 def test_layer_names_fold_batch_norm_and_start_with_the_input():
     names = layer_names(tiny_net("seq"))
-    assert names[0] == "input_1" and names[1] == "_0"  # conv '0' with its folded BatchNorm '1'
-    assert "_1" not in names and "_2" in names
+    assert names[0] == "input_1" and names[1] == "0"  # conv '0' with its folded BatchNorm '1'
+    assert "1" not in names and "2" in names
     assert "bn" in layer_names(tiny_net("dense"))  # a batch norm after a concat stays a layer
 
 
@@ -219,7 +219,7 @@ def test_injecting_a_recorded_signal_reproduces_the_explanation(method):
     names = layer_names(model)
     assert set(records) == set(names)
     options = {"bounds": (0.0, 1.0)} if method == "lrp" else {}
-    for layer in ("_4", "_9", names[-1]):
+    for layer in ("4", "9", names[-1]):
         again, below = propagate(model, x, method, start=layer, signal=records[layer], record=True, **options)
         torch.testing.assert_close(again, h, rtol=1e-10, atol=1e-14)
         assert set(below) == set(names[: names.index(layer) + 1])

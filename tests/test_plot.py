@@ -65,12 +65,20 @@ def test_manipulation_figure_layout(tmp_path, rows, channels):
     x_adv = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
     maps = [torch.rand(rows, 10, 10) for _ in range(3)]
     path = tmp_path / "fig2" / "manipulation.png"
-    fig = plot.manipulation_figure(x, maps[0], maps[1], x_adv, maps[2], path)
+    labels = [f"row {r}" for r in range(rows)]
+    fig = plot.manipulation_figure(x, maps[0], maps[1], x_adv, maps[2], path, row_labels=labels, title="a title")
     read_png(path)
-    assert len(fig.axes) == rows * 6
+    bars = fig.axes[rows * 6:]
+    assert len(bars) == 2 * rows  # per row: the maps' colour bar and the perturbation's
+    assert [fig.axes[6 * r].get_ylabel() for r in range(rows)] == labels
+    assert fig.get_suptitle() == "a title"
+    assert fig._suptitle.get_window_extent().y0 > fig.axes[0].title.get_window_extent().y1  # no collision
     assert [ax.get_title() for ax in fig.axes[:6]] == list(plot.MANIPULATION_TITLES)
-    assert all(len(ax.images) == 1 for ax in fig.axes)
+    assert all(len(ax.images) == 1 for ax in fig.axes[: rows * 6])
     perturbation = fig.axes[5].images[0]
+    limit = float((x_adv - x).sum(1).abs().max())  # one perturbation scale for the whole figure
+    assert all(fig.axes[6 * r + 5].images[0].get_clim() == pytest.approx((-limit, limit)) for r in range(rows))
+    assert bars[1].get_ylim() == pytest.approx((-limit, limit))  # the colour bar states the range
     np.testing.assert_allclose(perturbation.get_array(), (x_adv - x)[0].sum(0).numpy(), atol=1e-6)
     low, high = perturbation.get_clim()
     assert low == -high
@@ -152,3 +160,27 @@ def test_morf_curves(tmp_path):
     ax = fig.axes[0]
     assert len(ax.lines) == 2 and len(ax.collections) == 1  # the band only for the repeated curves
     assert ax.get_ylabel() == "accuracy" and ax.get_ylim() == (0.0, 1.02)
+
+
+def test_curves_have_integer_ticks_for_counts_distinct_styles_and_the_legend_off_the_axes(tmp_path):
+    fig = plot.percentile_curves(np.arange(7), {"a": np.random.rand(3, 7), "b": np.random.rand(3, 7)},
+                                 tmp_path / "c.png", xlabel="layers")
+    ax = fig.axes[0]
+    ticks = [t for t in ax.get_xticks() if 0 <= t <= 6]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    a, b = ax.get_lines()
+    assert (a.get_linestyle(), a.get_marker()) != (b.get_linestyle(), b.get_marker())
+    fig.canvas.draw()
+    legend, axes_box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= axes_box.x1  # right of the data, never over it
+
+
+def test_explanations_figure_gives_every_map_a_colour_bar_with_its_range(tmp_path):
+    x = torch.rand(2, 1, 8, 8)
+    maps = {"a": torch.randn(2, 8, 8), "b": 5 * torch.randn(2, 8, 8)}
+    fig = plot.explanations_figure(x, maps, tmp_path / "e.png")
+    read_png(tmp_path / "e.png")
+    bars = [ax for ax in fig.axes if not ax.images]  # colour bar axes hold no image
+    assert len(bars) == 4
+    limit = float(maps["b"][1].abs().max())
+    assert bars[-1].get_ylim() == pytest.approx((-limit, limit))

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from geomexpl.runs import environment
+from geomexpl.runs import add_overwrite, claim_run, environment, write_json
 from theory_checks.report import write_run
 
 # name -> module path (imported lazily), in report order. A module exposes NAME and
@@ -28,14 +28,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="directory for the report, tables and plots")
     parser.add_argument("--quick", action="store_true", help="small sample sizes: seconds instead of minutes")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    add_overwrite(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except ValueError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     names = list(CHECKS) if args.check == "all" else [args.check]
-    config = environment(args.seed, device="cpu", quick=args.quick)
-    config["checks"] = names
+    options = {"command": "theory_checks", "checks": names, "quick": args.quick, "seed": args.seed, "device_type": "cpu"}
+    claim_run(args.out, options, overwrite=args.overwrite)  # the report is written only at the end
+    config = {"options": options, **environment(args.seed, device="cpu", quick=args.quick), "checks": names}
+    write_json(args.out / "config.json", config)  # an interrupted run is this run, resumable by rerunning
     results = []
     for name in names:
         start = time.perf_counter()

@@ -20,7 +20,7 @@ from torch import nn
 
 from geomexpl import metrics
 from geomexpl.attack.presets import loss_weights, preset
-from geomexpl.checks import channel_bounds, check_in_range, check_tensor
+from geomexpl.checks import channel_bounds, check_eval, check_in_range, check_tensor
 from geomexpl.explain import METHODS, explain, relevance_map, resolve_target
 from geomexpl.explain.registry import capture_logits
 from geomexpl.nets import beta_schedule, softplus_twin
@@ -116,7 +116,8 @@ def manipulate(model: nn.Module, x: torch.Tensor, target_map: torch.Tensor, meth
     cfg = _config(model, x, target_map, method, steps, lr, weights, beta_growth, smooth_beta, smoothgrad,
                   noise_level, output, bounds, linf, l2, record_every, method_options)
     target = resolve_target(model, x, target)
-    target_map = target_map.to(x) / target_map.to(x).flatten(1).sum(1).view(-1, 1, 1)
+    target_map = target_map.detach().to(x)  # a constant of the loss: its graph is never backpropagated
+    target_map = target_map / target_map.flatten(1).sum(1).view(-1, 1, 1)
     lo, hi = channel_bounds(x, *bounds)
     betas = beta_schedule(*cfg.beta_growth, cfg.steps) if cfg.beta_growth else [None] * cfg.steps
 
@@ -168,8 +169,11 @@ def _config(model, x, target_map, method, steps, lr, weights, beta_growth, smoot
     check_tensor(x, "x", min_dim=2)
     check_in_range(x, *bounds, name="x")
     check_tensor(target_map, "target_map", min_dim=2)
-    with torch.no_grad():
-        num_outputs = model(x[:1].detach()).shape[1]
+    check_eval(model, "manipulate")
+    row = preset(method, smoothgrad=bool(smoothgrad), smooth_beta=smooth_beta is not None)
+    growth = row.beta_growth if beta_growth == "preset" else beta_growth
+    with torch.no_grad():  # with beta growth, the twin's first forward names a network it cannot smooth
+        num_outputs = (softplus_twin(model, growth[0]) if growth else model)(x[:1].detach()).shape[1]
     map_shape = (x.shape[0],) + (tuple(x.shape[2:]) if x.dim() == 4 else tuple(x.shape[1:]))
     if tuple(target_map.shape) != map_shape:
         raise ValueError(f"target_map must have shape {map_shape} (one map per example of x), "
@@ -186,9 +190,7 @@ def _config(model, x, target_map, method, steps, lr, weights, beta_growth, smoot
     for name, value in (("steps", steps), ("lr", lr), ("linf", linf), ("l2", l2), ("smooth_beta", smooth_beta)):
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be positive, got {value}")
-    row = preset(method, smoothgrad=bool(smoothgrad), smooth_beta=smooth_beta is not None)
     w_expl, w_out = weights or loss_weights(math.prod(map_shape[1:]), num_outputs)
-    growth = row.beta_growth if beta_growth == "preset" else beta_growth
     return AttackConfig(method=method, steps=steps or row.steps, lr=lr or row.lr, w_expl=w_expl, w_out=w_out,
                         beta_growth=tuple(growth) if growth else None, output=output, smooth_beta=smooth_beta,
                         smoothgrad=smoothgrad, noise_level=noise_level, linf=linf, l2=l2,

@@ -37,6 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the image pairs")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--out", type=Path, required=True, help="output folder (re-run it to resume)")
+    runs.add_overwrite(parser)
 
 
 def attack_pairs(labels: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,15 +58,20 @@ def run(args) -> int:
         raise ValueError(f"unknown explanation method {args.method!r}; available: {sorted(METHODS)}")
     if args.n < 1 or args.batch_size < 1:
         raise ValueError("--n and --batch-size must be at least 1")
+    for name in ("steps", "lr", "smooth_beta", "smoothgrad"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
     device = runs.resolve_device(args.device)
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-               if k not in ("out", "device", "_run", "command")}
-    runs.start_run(args.out, options, args.seed, device)
-
+    images, labels = data.load(args.dataset, "test")
+    if args.n > len(images):
+        raise ValueError(f"--n {args.n} exceeds the {len(images)} test images of {args.dataset}")
     model = nets.pretrained(args.arch, args.dataset, weights=args.weights).to(device)
     spec = data.spec(args.dataset)
     bounds = (spec.lower, spec.upper)
-    images, labels = data.load(args.dataset, "test")
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+               if k not in ("out", "device", "_run", "command", "overwrite")}
+    runs.start_run(args.out, {"command": "attack", **options}, args.seed, device, overwrite=args.overwrite)
     options = {}
     if args.method in PATTERN_METHODS:  # patterns fitted on (up to) 512 training images, cached
         options["patterns"] = fit_patterns(model, data.load(args.dataset, "train")[0][:512].to(device))

@@ -37,6 +37,7 @@ def configure(parser) -> None:
     parser.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', ...")
     parser.add_argument("--seed", type=int, default=0, help="seed for the image draw and the Lanczos start")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
+    runs.add_overwrite(parser)
 
 
 def run(args) -> int:
@@ -59,7 +60,7 @@ def run(args) -> int:
     options = {"arch": args.arch, "dataset": args.dataset, "split": args.split, "n": args.n, "k": args.k,
                "method": args.method, "tol": args.tol, "dtype": str(dtype), "seed": args.seed,
                "images": index.tolist(), "labels": labels[index].tolist(), "targets": target.tolist()}
-    runs.start_run(args.out, options, args.seed, device)
+    runs.start_run(args.out, {"command": "curvature", **options}, args.seed, device, overwrite=args.overwrite)
     table = runs.ResultTable(args.out / TABLE, key=("beta",))
     for beta in tqdm([b for b in args.betas if not table.done(beta=b)], desc="beta", unit="beta"):
         kappa, _ = principal_curvatures(logit(nets.softplus_twin(model, beta), target), x, k=args.k,

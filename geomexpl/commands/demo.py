@@ -7,7 +7,7 @@
    (paper sec. 3): the curvature grows with beta, which is why beta-smoothing defends;
 4. check Theorem 1, |n(p) - n(p0)| <= |lambda_max| d_g, along an attack path, a random curve and a
    geodesic on the level set of the beta = 5 twin (the full check: ``python -m theory_checks``).
-Figures and a summary.json go to --out.
+Figures, config.json, summary.json, attack.csv (per image) and curvature.csv go to --out.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=300, help="attack steps (the paper uses 1500)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the image choice")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    runs.add_overwrite(parser)
 
 
 def run(args) -> int:
@@ -41,10 +42,13 @@ def run(args) -> int:
     from theory_checks import theorem1
 
     device = runs.resolve_device(args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
+    images, labels = data.load("digits", "test")
+    if not 1 <= args.n <= len(images) or args.steps < 1:
+        raise ValueError(f"--n must lie in 1..{len(images)} and --steps be >= 1, got {args.n} and {args.steps}")
+    options = {"command": "demo", "n": args.n, "steps": args.steps, "seed": args.seed}
+    runs.start_run(args.out, options, args.seed, device, overwrite=args.overwrite)
     print("1/4 model: the VGG-style network on digits (32x32), weights bundled or trained on first use")
     model = nets.pretrained("vgg", "digits").to(device)
-    images, labels = data.load("digits", "test")
     first, second = attack_pairs(labels, args.n, args.seed)
     x, x_other = images[first].to(device), images[second].to(device)
     maps = {m: relevance_map(explain(model, x, m)) for m in ("gradient", "grad_x_input", "integrated_gradients")}
@@ -61,10 +65,12 @@ def run(args) -> int:
           f"{float(pcc(result.map_x, result.target_map).median()):.3f}); image MSE {m['image_mse']:.2e}; "
           f"class kept {m['class_kept']:.0%}; logit change {m['logit_change']:.3f} -> {args.out / 'manipulation.png'}")
     print("3/4 curvature of the level set g_k = c at the same images (Lanczos on the softplus twin)")
-    curvature = {}
+    curvature, kappa_rows = {}, []
     for beta in (1.0, 5.0, 20.0):
         kappa, _ = principal_curvatures(logit(nets.softplus_twin(model, beta), result.target), x, k=3, method="torch")
         curvature[beta] = float(kappa[:, 0].abs().median())
+        kappa_rows += [{"image": int(first[b]), "beta": beta, "k": j + 1, "kappa": float(kappa[b, j])}
+                       for b in range(len(x)) for j in range(kappa.shape[1])]
         print(f"    beta {beta:>4g}: median largest |principal curvature| {curvature[beta]:.3g}")
     print("    smaller beta, flatter level sets: Theorem 1 bounds the change of the explanation by "
           "|kappa_max| x the geodesic distance")
@@ -76,5 +82,9 @@ def run(args) -> int:
     theorem = [{k: row[k] for k in ("kind", "lhs", "rhs", "slack", "holds")} for row in rows]
     summary = {"attack": m, "median_kappa_max": curvature, "theorem1": theorem, **runs.environment(args.seed, device)}
     runs.write_json(args.out / "summary.json", summary)
+    runs.write_csv(args.out / "attack.csv", [{**row, "image_index": int(first[row["example"]])}
+                                             for row in result.table()])
+    runs.write_csv(args.out / "curvature.csv", kappa_rows)
+    print(f"wrote config.json, summary.json, attack.csv, curvature.csv and figures to {args.out}")
     return 0
 

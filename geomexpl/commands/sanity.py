@@ -19,7 +19,6 @@ random_logit.png to --out; a rerun with the same settings skips the methods alre
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,8 @@ def configure(parser) -> None:
                              f"{', '.join(DEFAULT_METHODS)})")
     parser.add_argument("--n", type=int, default=8, help="number of test images (drawn with --seed)")
     parser.add_argument("--layer", default=None,
-                        help="layer the CSC injects its random vectors at (a name of "
+                        help="layer the CSC injects its random vectors at: a named_modules() path such as "
+                             "'16' or 'features.16' (any name of "
                              "geomexpl.explain.layer_names(model); default: the logits)")
     parser.add_argument("--vectors", type=int, default=5, help="random relevance vectors per image (CSC)")
     parser.add_argument("--order", choices=("cascading", "independent"), default="cascading",
@@ -59,6 +59,7 @@ def configure(parser) -> None:
     parser.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', ...")
     parser.add_argument("--seed", type=int, default=0, help="seed of the image draw, random vectors and weights")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
+    runs.add_overwrite(parser)
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
@@ -107,13 +108,13 @@ def run(args) -> int:
     config = {"arch": args.arch, "dataset": args.dataset, "n": args.n, "layer": args.layer,
               "vectors": args.vectors, "order": args.order, "pattern_images": args.pattern_images,
               "seed": args.seed, "images": index.tolist(), "labels": y.tolist()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    tables = _resume(args.out, config)
+    bounds = (spec_.lower, spec_.upper)
+    _dry_run(model, x[:1], specs, args.layer, bounds)
+    resumed = runs.start_run(args.out, {"command": "sanity", **config}, args.seed, device, overwrite=args.overwrite)
+    tables = _resume(args.out) if resumed else {key: [] for key in TABLES}
     done = set.intersection(*({row["method"] for row in rows} for rows in tables.values()))
-    runs.write_json(args.out / CONFIG, {**runs.environment(args.seed, device), **config, "methods": specs})
     patterns = None
     maps = {}
-    bounds = (spec_.lower, spec_.upper)
     for spec in tqdm([s for s in specs if s not in done], desc="sanity checks", unit="method"):
         name, options = parse_method(spec)
         options = {"bounds": bounds, **options}
@@ -125,7 +126,7 @@ def run(args) -> int:
         _append_rows(spec, tables, csc, rand, logit)
         maps[spec] = rand.maps[:, 0].cpu()
         for key, path in TABLES.items():
-            _write_rows(args.out / path, tables[key])
+            runs.write_csv(args.out / path, tables[key])
     _figures(args.out, tables, maps, specs, config)
     _print_summary(tables, specs)
     print(f"wrote {', '.join(TABLES.values())}, {CONFIG} and figures to {args.out}")
@@ -157,32 +158,35 @@ def _append_rows(spec, tables, csc, rand, logit) -> None:
         tables[key] += [{**row, "method": spec} for row in rows]
 
 
-def _resume(out: Path, config: dict) -> dict[str, list[dict]]:
-    """Rows of an earlier run with the same settings (else empty tables)."""
-    empty = {key: [] for key in TABLES}
-    saved = out / CONFIG
-    if not saved.is_file() or not all((out / path).is_file() for path in TABLES.values()):
-        return empty
-    old = json.loads(saved.read_text())
-    if any(old.get(key) != value for key, value in config.items()):
-        return empty
+def _resume(out: Path) -> dict[str, list[dict]]:
+    """Rows of the earlier run of these settings in ``out`` (empty tables where none were written)."""
     tables = {}
     for key, path in TABLES.items():
+        if not (out / path).is_file():
+            tables[key] = []
+            continue
         with (out / path).open() as fh:
             tables[key] = [{k: v if k in TEXT_COLUMNS else _number(v) for k, v in row.items()}
                            for row in csv.DictReader(fh)]
     return tables
 
 
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+def _dry_run(model, x, specs, layer, bounds) -> None:
+    """Each method spec once on one image (patterns and the CSC layer aside), so that a misspelt
+    option or layer fails before anything is written, naming the spec."""
+    from geomexpl.explain import explain, layer_names
+
+    if layer is not None and layer not in layer_names(model):
+        raise ValueError(f"--layer {layer!r} is not a layer of the model; layers (named_modules() paths and "
+                         f"functional nodes): {layer_names(model)}")
+    for spec in specs:
+        name, options = parse_method(spec)
+        if name in PATTERN_METHODS:
+            continue
+        try:
+            explain(model, x, name, **{"bounds": bounds, **options})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"--methods {spec!r}: {err}") from None
 
 
 # ------------------------------------------------------------------ figures
@@ -203,7 +207,7 @@ def _figures(out: Path, tables: dict, maps: dict, specs: list[str], config: dict
     plot.percentile_curves(np.arange(len(layers) + 1), ssim, ax=ax, xlabel="layers randomised (from the top)",
                            ylabel="SSIM to the original map", title=f"{config['order']} randomisation, {title}")
     ax.set_xticks(range(len(layers) + 1), ["none"] + layers, rotation=90, fontsize=6)
-    ax.legend(fontsize=6, ncol=2)
+    plot.outside_legend(ax, fontsize=6)
     fig.savefig(out / "randomisation.png", dpi=120, bbox_inches="tight")
     plot.box_plots({spec: [r["ssim"] for r in tables["random_logit"] if r["method"] == spec] for spec in specs},
                    out / "random_logit.png", ylabel="SSIM(true class, random class)",
@@ -252,7 +256,7 @@ def _csc_figure(path: Path, rows: list[dict], specs: list[str], title: str) -> N
     ax.lines[-1].set(color="black", linestyle="--", linewidth=2)
     ax.set_ylim(floor / 2, 1.5)
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
-    ax.legend(fontsize=6, ncol=2)
+    plot.outside_legend(ax, fontsize=6)
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 

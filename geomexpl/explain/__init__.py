@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from geomexpl.checks import check_tensor
+from geomexpl.checks import check_eval, check_tensor
 from geomexpl.explain import deeplift, gradients, patterns, rules  # noqa: F401  (register their methods)
 from geomexpl.explain.patterns import Patterns, fit_patterns
 from geomexpl.explain.propagation import UnsupportedLayerError, layer_names, propagate
@@ -53,6 +53,7 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target=None, *, beta
     if method not in METHODS:
         raise ValueError(f"unknown explanation method {method!r}; available: {sorted(METHODS)}")
     check_tensor(x, "x", min_dim=2)
+    check_eval(model, f"explain({method!r})")
     if beta is not None:
         model = softplus_twin(model, beta)
     target = resolve_target(model, x, target)

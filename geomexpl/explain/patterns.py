@@ -29,7 +29,7 @@ from geomexpl.explain.propagation import (ConvMap, DenseMap, Rules, Step, compil
 from geomexpl.explain.rules import max_route, one_hot, relu_gradient
 from geomexpl.nets import cache_dir, unwrap
 
-FORMAT = 1
+FORMAT = 2  # 2: layers named by their named_modules() path
 
 
 @dataclass(frozen=True)

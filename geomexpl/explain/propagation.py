@@ -1,4 +1,4 @@
-"""The one propagation engine behind every modified-backprop method (DESIGN principles 1-2).
+"""The one propagation engine behind every modified-backprop method (docs/design.md, principles 1-2).
 
 The model is traced with ``torch.fx`` into a graph of layers. A forward pass records every layer's
 inputs and output; a reverse walk then hands each layer's *signal* (relevance for LRP, a modified
@@ -15,8 +15,12 @@ Layers understood (anything else raises :class:`UnsupportedLayerError` naming la
   the conv. Any other batch norm (e.g. DenseNet's pre-activation BN after a concatenation) is a
   per-channel affine layer ``z = a x + b`` (a diagonal W), to which each method applies its own
   linear rule.
-* ReLU (``nn.ReLU`` modules, reused or not, ``torch.relu`` / ``F.relu`` / ``Tensor.relu``): under a
-  softplus twin (``unwrap`` gives beta) the forward computes softplus_beta instead.
+* ReLU in every spelling of :mod:`geomexpl.nets.activations` (``nn.ReLU`` modules, reused or not,
+  ``F.relu``, ``Tensor.relu``, ``clamp(min=0)``, ``maximum(z, 0)``, ``where(z > 0, z, 0)``,
+  ``threshold(z, 0, 0)``; in-place forms too, whose later readers see the ReLU's output even
+  when the call's result is discarded): under a softplus twin (``unwrap`` gives beta) the forward
+  computes softplus_beta instead. Kinks (abs, LeakyReLU, other clamps) and smooth activations are
+  refused with the op's name.
 * elementwise affine maps by a constant (a number or a registered buffer/parameter read in
   forward): ``x + c``, ``x - c``, ``c - x``, ``x * c``, ``x / c`` (operators, ``torch.add/sub/mul/div``
   and the Tensor methods), e.g. an input normalisation ``(x - mean) / std``
@@ -30,8 +34,9 @@ Layers understood (anything else raises :class:`UnsupportedLayerError` naming la
   concatenation (``torch.cat``: the signal is split along the concatenated dimension), and
   fan-out (a tensor used twice receives the sum of both signals).
 
-Layer names are torch.fx node names (``layer_names(model)``); the signal recorded under a name is
-the signal of that layer's *output*. ``propagate`` also injects an arbitrary signal at any named
+Layer names (``layer_names(model)``) are the ``named_modules()`` paths of module layers ('features.16';
+a module called twice: its fx node name for the second call) and torch.fx node names of functional
+ones ('add', 'cat_1'); the signal recorded under a name is the signal of that layer's *output*. ``propagate`` also injects an arbitrary signal at any named
 layer (Sixt et al.'s cosine similarity convergence) and returns the signal of every lower layer.
 """
 from __future__ import annotations
@@ -48,9 +53,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from geomexpl.checks import check_tensor
+from geomexpl.checks import check_eval, check_tensor
 from geomexpl.explain.registry import register
 from geomexpl.nets import softplus_beta, unwrap
+from geomexpl.explain.fx_activations import node_activation
 
 __all__ = ["RULE_SETS", "Rules", "Step", "UnsupportedLayerError", "explanation_method", "forward_trace",
            "layer_names", "propagate", "route_max", "rule_set"]
@@ -203,7 +209,6 @@ _AVGPOOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.A
             nn.AdaptiveAvgPool3d)
 _SHAPE_MODULES = (nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
                   nn.AlphaDropout)
-_RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
 _ADD_FUNCTIONS = {operator.add, torch.add}
 _CAT_FUNCTIONS = {torch.cat, torch.concat}
 _MAXPOOL_FUNCTIONS = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3}
@@ -247,6 +252,7 @@ class Layer:
     inputs_nonneg: bool = False
     gated: bool = False
     affine_chain: tuple[str, ...] = ()  # first layers: the affine layers between the input and it
+    inplace_of: str | None = None  # an in-place ReLU: the fx node whose tensor it overwrites
 
 
 @dataclass
@@ -292,7 +298,9 @@ def _build_graph(model: nn.Module) -> Graph:
             f"cannot trace {type(model).__name__} with torch.fx ({type(err).__name__}: {err}); "
             "modified-backprop methods need a traceable forward") from err
     nodes = list(traced.graph.nodes)
-    rename: dict[str, str] = {}  # folded batch norm -> its conv/linear
+    node_names = {node.name for node in nodes}
+    rename: dict[str, str] = {}  # fx node -> layer: module path, folded batch norm -> conv, in-place ReLU
+    masks: set[str] = set()  # comparisons and zero constants: parts of a ReLU spelling only
     layers: dict[str, Layer] = {}
     tensors: set[str] = set()
     from_input: set[str] = set()
@@ -321,10 +329,19 @@ def _build_graph(model: nn.Module) -> Graph:
             layer = Layer(node.name, "input", "network input")
             from_input.add(node.name)
         else:
+            if node.op == "call_module" and node.target not in node_names and node.target not in layers:
+                rename[node.name] = node.target  # the named_modules() path
             ins = tensor_args(node)
-            layer = _classify(model, node, ins, layers, rename, tensors)
+            layer = _classify(model, traced, node, name_of(node), ins, layers, rename, tensors)
             if layer is None:  # folded into the preceding conv/linear
                 continue
+            used_masks = [n.name for n in node.all_input_nodes if n.name in masks]
+            if layer.kind == "helper" and layer.inputs == ("mask",):
+                masks.add(node.name)
+                layer.inputs = ()
+            elif used_masks and layer.kind != "relu":
+                layer = Layer(layer.name, "unsupported", f"{layer.description} reading the comparison or "
+                              f"constant {used_masks[0]!r} (a data-dependent mask)")
             if layer.kind in ("shape", "affine") and ins and ins[0] in from_input:
                 from_input.add(layer.name)
                 chains[layer.name] = chains.get(ins[0], ()) + ((layer.name,) if layer.kind == "affine" else ())
@@ -340,6 +357,8 @@ def _build_graph(model: nn.Module) -> Graph:
         if layer.kind != "helper":
             tensors.add(layer.name)
         layers[layer.name] = layer
+        if layer.inplace_of is not None:  # later readers of the modified tensor see the ReLU's output
+            rename[layer.inplace_of] = layer.name
     users: dict[str, list[Layer]] = {}
     for layer in layers.values():
         for name in layer.inputs:
@@ -380,9 +399,13 @@ def _generic_run(model, node: fx.Node, name_of) -> Callable:
     return run_function
 
 
-def _classify(model, node: fx.Node, ins: list[str], layers: dict, rename: dict, tensors: set) -> Layer | None:
+def _classify(model, traced, node: fx.Node, name: str, ins: list[str], layers: dict, rename: dict,
+              tensors: set) -> Layer | None:
     """The Layer for one fx node (None when a batch norm is folded into its conv/linear)."""
-    name, target = node.name, node.target
+    target = node.target
+    activation = _activation_layer(model, traced, node, name, rename, tensors)
+    if activation is not None:
+        return activation
     if node.op == "get_attr":  # a buffer or parameter read in forward: a constant of affine layers
         return Layer(name, "helper", f"constant {target!r}")
     if node.op == "call_module":
@@ -395,9 +418,7 @@ def _classify(model, node: fx.Node, ins: list[str], layers: dict, rename: dict, 
             return Layer(name, "linear", kind_name, tuple(ins), foldable=True,
                          make_map=lambda xs, m=module: DenseMap(m.weight, m.bias, xs))
         if type(module) in _BATCHNORM:
-            return _batchnorm_layer(node, module, kind_name, ins, layers, rename)
-        if type(module) is nn.ReLU:
-            return Layer(name, "relu", kind_name, tuple(ins))
+            return _batchnorm_layer(node, name, module, kind_name, ins, layers, rename)
         if type(module) in _MAXPOOL:
             dims = _MAXPOOL.index(type(module)) + 1
             params = dict(kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
@@ -412,8 +433,6 @@ def _classify(model, node: fx.Node, ins: list[str], layers: dict, rename: dict, 
         return Layer(name, "unsupported", kind_name)
     label = getattr(target, "__name__", str(target))
     if node.op == "call_method":
-        if target in ("relu", "relu_") and ins:
-            return Layer(name, "relu", f"Tensor.{target}", tuple(ins[:1]))
         if target in _SHAPE_METHODS and ins:
             return Layer(name, "shape", f"Tensor.{target}", tuple(ins[:1]))
         if target in _HELPER_METHODS:
@@ -421,11 +440,9 @@ def _classify(model, node: fx.Node, ins: list[str], layers: dict, rename: dict, 
         if target == "add" and len(ins) == 2 and not node.kwargs:
             return _sum_layer(name, ins, 1.0)
         if target in _AFFINE_METHODS and len(ins) == 1:
-            return _affine_layer(node, _AFFINE_METHODS[target], ins, rename, f"Tensor.{target}")
+            return _affine_layer(node, name, _AFFINE_METHODS[target], ins, rename, f"Tensor.{target}")
         return Layer(name, "unsupported", f"Tensor.{target}")
     # call_function
-    if target in _RELU_FUNCTIONS and ins:
-        return Layer(name, "relu", label, tuple(ins[:1]))
     if target in _ADD_FUNCTIONS and len(ins) == 2 and set(node.kwargs) <= {"alpha"}:
         return _sum_layer(name, ins, float(node.kwargs.get("alpha", 1.0)))
     if target in _CAT_FUNCTIONS and ins:
@@ -448,15 +465,15 @@ def _classify(model, node: fx.Node, ins: list[str], layers: dict, rename: dict, 
     if target in _HELPER_FUNCTIONS and (not ins or (target is getattr and len(ins) == 1)):
         return Layer(name, "helper", label)
     if target in _AFFINE_FUNCTIONS and len(ins) == 1:
-        return _affine_layer(node, _AFFINE_FUNCTIONS[target], ins, rename, label)
+        return _affine_layer(node, name, _AFFINE_FUNCTIONS[target], ins, rename, label)
     return Layer(name, "unsupported", label)
 
 
-def _affine_layer(node: fx.Node, op: str, ins: list[str], rename: dict, label: str) -> Layer:
+def _affine_layer(node: fx.Node, name: str, op: str, ins: list[str], rename: dict, label: str) -> Layer:
     """z = a x + b for x (op) c with a constant c: a number or a helper layer (a buffer)."""
     args = node.args
     if len(args) != 2 or node.kwargs:
-        return Layer(node.name, "unsupported", f"{label} with arguments {args}, {dict(node.kwargs)}")
+        return Layer(name, "unsupported", f"{label} with arguments {args}, {dict(node.kwargs)}")
     tensor_first = isinstance(args[0], fx.Node) and rename.get(args[0].name, args[0].name) == ins[0]
     other = args[1] if tensor_first else args[0]
     if isinstance(other, fx.Node):
@@ -464,9 +481,9 @@ def _affine_layer(node: fx.Node, op: str, ins: list[str], rename: dict, label: s
     elif isinstance(other, (int, float)) and not isinstance(other, bool):
         constant = None
     else:
-        return Layer(node.name, "unsupported", f"{label} by {other!r}")
+        return Layer(name, "unsupported", f"{label} by {other!r}")
     if op == "div" and not tensor_first:
-        return Layer(node.name, "unsupported", f"{label}: a constant divided by a tensor is not affine")
+        return Layer(name, "unsupported", f"{label}: a constant divided by a tensor is not affine")
 
     def make_map(xs, value, op=op, tensor_first=tensor_first, number=other):
         c = torch.as_tensor(number if value is None else value, dtype=xs[0].dtype, device=xs[0].device)
@@ -474,7 +491,25 @@ def _affine_layer(node: fx.Node, op: str, ins: list[str], rename: dict, label: s
         a, b = {"add": (one, c), "sub": (one, -c) if tensor_first else (-one, c), "mul": (c, zero),
                 "div": (1 / c, zero)}[op]
         return AffineMap(a, b, xs)
-    return Layer(node.name, "affine", f"{label} by a constant", tuple(ins), make_map=make_map, constant=constant)
+    return Layer(name, "affine", f"{label} by a constant", tuple(ins), make_map=make_map, constant=constant)
+
+
+def _activation_layer(model, traced, node: fx.Node, name: str, rename: dict, tensors: set) -> Layer | None:
+    """A ReLU layer for every ReLU spelling, an unsupported one for kinks and smooth activations;
+    comparisons and zero constants become mask helpers (legal only inside a ReLU spelling)."""
+    found = node_activation(model, traced, node)
+    if found is None:
+        return None
+    if found.kind == "mask":
+        value = getattr(traced, node.target) if node.op == "get_attr" else None
+        return Layer(name, "helper", found.label, ("mask",), run=(lambda env: value) if node.op == "get_attr" else None)
+    if found.kind != "relu":
+        return Layer(name, "unsupported", found.label)
+    source = found.source
+    if not isinstance(source, fx.Node) or rename.get(source.name, source.name) not in tensors:
+        return Layer(name, "unsupported", f"{found.label} of a non-tensor")
+    return Layer(name, "relu", found.label, (rename.get(source.name, source.name),),
+                 inplace_of=source.name if found.inplace else None)
 
 
 def _sum_layer(name: str, ins: list[str], alpha: float) -> Layer:
@@ -483,7 +518,7 @@ def _sum_layer(name: str, ins: list[str], alpha: float) -> Layer:
     return Layer(name, "linear", "add (residual)", tuple(ins), positive_weights=alpha >= 0, make_map=make_map)
 
 
-def _batchnorm_layer(node, bn, kind_name, ins, layers, rename) -> Layer | None:
+def _batchnorm_layer(node, name, bn, kind_name, ins, layers, rename) -> Layer | None:
     source = node.args[0] if node.args else None
     prev = layers.get(ins[0]) if ins else None
     if prev is not None and prev.foldable and isinstance(source, fx.Node) and len(source.users) == 1:
@@ -502,7 +537,7 @@ def _batchnorm_layer(node, bn, kind_name, ins, layers, rename) -> Layer | None:
     def diagonal(xs, bn=bn):
         scale, shift = _batchnorm_affine(bn)
         return DiagonalMap(scale, shift, xs)
-    return Layer(node.name, "linear", f"{kind_name} (per-channel affine)", tuple(ins), make_map=diagonal)
+    return Layer(name, "linear", f"{kind_name} (per-channel affine)", tuple(ins), make_map=diagonal)
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -533,11 +568,11 @@ def forward_trace(model: nn.Module, x: torch.Tensor, method: str = "propagation"
     net, beta = unwrap(model)
     graph = compile_graph(net)
     graph.check(method)
+    check_eval(net, f"method {method!r}")
     for name, module in net.named_modules():
-        if isinstance(module, (*_BATCHNORM, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)) and (
-                module.training or (isinstance(module, _BATCHNORM) and module.running_var is None)):
-            raise ValueError(f"method {method!r} needs the model in eval mode with running statistics: "
-                             f"layer {name!r} ({type(module).__name__}) is training; call model.eval()")
+        if isinstance(module, _BATCHNORM) and module.running_var is None:
+            raise ValueError(f"method {method!r} needs batch norms with running statistics: layer {name!r} "
+                             f"({type(module).__name__}) has track_running_stats=False")
     values: dict[str, torch.Tensor] = {}
     maps: dict[str, LinearMap] = {}
     argmax: dict[str, torch.Tensor] = {}

@@ -33,12 +33,13 @@ from geomexpl.nets import softplus_beta
 
 STABILIZER = 1e-9  # keeps z+ / z- / zB / w^2 denominators away from zero
 EPSILON = 1e-7  # default epsilon of LRP-epsilon and LRP-CMP (iNNvestigate's default)
+TWIN_EPSILON = 0.1  # smallest epsilon LRP-epsilon accepts under a softplus twin (see linear_epsilon)
 ALPHA_PRESETS = {"a1b0": 1.0, "a2b1": 2.0, "a5b4": 5.0}
 
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """z + eps sign(z), with sign(0) = +1."""
-    return z + torch.where(z >= 0, eps, -eps)
+    """z + eps sign(z), with sign(0) = +1, computed in z's dtype (float64 stays exact)."""
+    return torch.where(z >= 0, z + eps, z - eps)
 
 
 # ------------------------------------------------------------------ start and non-linear rules
@@ -114,8 +115,20 @@ def linear_transpose(step: Step, s: torch.Tensor) -> list[torch.Tensor]:
 
 
 def linear_epsilon(epsilon: float):
-    """LRP-epsilon: R_i = x_i sum_j w_ji R_j / (z_j + eps sign z_j), z with the bias (Sixt eq. 7)."""
+    """LRP-epsilon: R_i = x_i sum_j w_ji R_j / (z_j + eps sign z_j), z with the bias (Sixt eq. 7).
+
+    Under a softplus twin (beta=) a small epsilon is refused: softplus_beta(z) > 0 even for z <= 0,
+    so units that a ReLU silences (x_i = 0, hence R_i = 0) keep relevance, and the layer below
+    divides it by its pre-activations z_j near 0; the ratio grows like 1/eps layer after layer
+    (max |h| ~ 1e11 on the zoo VGG at beta=5, eps=1e-7). epsilon >= TWIN_EPSILON bounds it.
+    """
     def rule(step: Step, R: torch.Tensor) -> list[torch.Tensor]:
+        if step.beta is not None and epsilon < TWIN_EPSILON:
+            raise ValueError(
+                f"LRP-epsilon with epsilon={epsilon:g} under a softplus twin (beta={step.beta:g}) is unstable: "
+                "softplus passes relevance to units a ReLU would silence, and the epsilon rule divides it by "
+                f"pre-activations near 0. Pass epsilon >= {TWIN_EPSILON:g}, drop beta=, or use 'lrp' / "
+                "'lrp_alpha_beta' (z+ denominators)")
         s = R / stabilize(step.y, epsilon)
         return [x * c for x, c in zip(step.xs, step.op.transpose(s, step.op.weight))]
     return rule

@@ -6,8 +6,8 @@ n = grad f / |grad f|. Since D_u n = P H u / |grad f| with P = I - n n^T, on T_p
     L = P H P / |grad f|,
 
 so the sphere f(x) = |x| of radius r has all principal curvatures +1/r, and replacing f by a f + b
-with a < 0 flips n and every sign. (DESIGN.md writes S = -P H P / |grad g| for the Weingarten map
--D_u n; the issue fixes the sign of L as above.)
+with a < 0 flips n and every sign. (The Weingarten map -D_u n is -P H P / |grad g|, the negative of L;
+the sign used here is L's, as above.)
 
 Excluding the normal direction exactly (deflation): the Householder reflection Q = I - 2 v v^T with
 v = (n + s e_d) / |n + s e_d|, s = sign(n_d), maps n to -s e_d, so its first d-1 columns U are an
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-from geomexpl.checks import check_tensor
+from geomexpl.checks import check_smooth, check_tensor
 from geomexpl.geometry.derivatives import HessianVectorProduct, ScalarFunction, gradient_norm, hessian
 from geomexpl.geometry.lanczos import WHICH, batched_lanczos, select
 
@@ -128,6 +128,8 @@ def principal_curvatures(f: ScalarFunction, x: torch.Tensor, k: int = 6, which: 
     solvers = {"lanczos": _by_eigsh, "torch": _by_torch_lanczos, "dense": _by_dense}
     if method not in solvers:
         raise ValueError(f"method must be one of {tuple(solvers)}, got {method!r}")
+    if getattr(f, "model", None) is not None:  # f = logit(model, k)
+        check_smooth(f.model, x, "principal_curvatures")
     if method == "dense" and d > max_dense_dim:
         raise ValueError(f"method='dense' builds the {d}x{d} Hessian per example; d={d} exceeds "
                          f"max_dense_dim={max_dense_dim}. Use method='lanczos' or 'torch'")

@@ -59,8 +59,13 @@ def logit(model: torch.nn.Module, target: int | torch.Tensor | None = None) -> S
             raise ValueError(f"f got a batch of {n} examples but has {k.numel()} targets; the batch must "
                              "be a multiple of the number of targets (a stacked path [T, B, ...])")
         k = k.expand(n) if k.numel() == 1 else k.repeat(n // k.numel())
+        if "checked" not in fixed and (int(k.max()) >= out.shape[1] or int(k.min()) < 0):  # once: no sync per call
+            raise ValueError(f"logit index {k.unique().tolist()} out of range: the model has {out.shape[1]} outputs "
+                             f"(classes 0..{out.shape[1] - 1})")
+        fixed["checked"] = True
         return out.gather(1, k[:, None]).squeeze(1)
 
+    g.model = model  # lets principal_curvatures refuse a ReLU network (check_smooth)
     return g
 
 

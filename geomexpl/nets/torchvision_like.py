@@ -205,6 +205,16 @@ class DenseNet(nn.Module):
         self.classifier = nn.Linear(c, num_classes)
         self._register_load_state_dict_pre_hook(_rename_legacy_densenet_keys)
 
+    def upgrade_state_dict(self, state: dict) -> dict:
+        """A legacy checkpoint in today's names (used by :func:`geomexpl.nets.load_weights` before its
+        strict key check): 'norm.1' -> 'norm1', and the batch-norm counters it predates set to 0."""
+        state = dict(state)
+        _rename_legacy_densenet_keys(state, "")
+        for key, value in self.state_dict().items():
+            if key.endswith("num_batches_tracked") and key not in state:
+                state[key] = torch.zeros_like(value)
+        return state
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.features(x))
         out = F.adaptive_avg_pool2d(out, (1, 1))

@@ -7,6 +7,7 @@ so an untrusted file cannot run code. A corrupt, truncated or mismatched file ra
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -60,19 +61,40 @@ def load_weights(model: nn.Module, path: str | Path) -> dict:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # zip/pickle errors differ by failure; all mean "unusable file"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightFileError(f"weight file {path} is corrupt, truncated or unsafe to load: {reason}") from err
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+        if "weights_only" in text or "Weights only load failed" in text:
+            reason = "it holds pickled Python objects besides tensors, which geomexpl never unpickles"
+        else:
+            reason = text.splitlines()[0] if text else type(err).__name__
+        raise WeightFileError(f"weight file {path} is corrupt, truncated or unsafe to load: {reason}") from None
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightFileError(f"weight file {path} holds no state_dict of tensors")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise WeightFileError(f"weight file {path} does not fit {type(model).__name__}: {err}") from err
+    upgrade = getattr(model, "upgrade_state_dict", None)  # e.g. DenseNet's legacy key names
+    state = upgrade(state) if callable(upgrade) else state
+    mismatch = _state_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise WeightFileError(f"weight file {path} does not fit {type(model).__name__}: {mismatch}")
+    model.load_state_dict(state, strict=True)
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise WeightFileError(f"weight file {path} has NaN/inf in {bad[:3]}")
     return blob.get("meta", {}) if "state_dict" in blob else {}
+
+
+def _state_mismatch(expected: dict, state: dict, show: int = 3) -> str:
+    """'' when ``state`` fits; else a summary: missing / unexpected keys and shape mismatches, a few named."""
+    def some(keys):
+        keys = list(keys)
+        return ", ".join(keys[:show]) + (f", ... ({len(keys) - show} more)" if len(keys) > show else "")
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    parts = [f"{len(missing)} missing keys ({some(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected keys ({some(unexpected)})" if unexpected else "",
+             f"{len(shapes)} shape mismatches ({some(shapes)})" if shapes else ""]
+    return "; ".join(p for p in parts if p)
 
 
 def train(model: nn.Module, dataset: str, epochs: int = 30, lr: float = 2e-3, batch_size: int = 64,

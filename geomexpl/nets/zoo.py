@@ -118,21 +118,48 @@ def mlp(in_channels: int = 1, num_classes: int = 10, size: int = 32) -> nn.Seque
                          nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, num_classes))
 
 
+class InputCheck:
+    """Forward pre-hook of a zoo net: a [B, C, size, size] input in the weights' dtype, or a clear error.
+
+    A hook, not a forward: torch.fx traces the unchanged Sequential, and state dicts keep their keys.
+    """
+
+    def __init__(self, arch: str, channels: int, size: int):
+        self.arch, self.channels, self.size = arch, channels, size
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        x = args[0] if args else None
+        want = (self.channels, self.size, self.size)
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != want:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"the zoo {self.arch} takes a batch [B, {self.channels}, {self.size}, {self.size}], "
+                             f"got {got}" + (" (add the batch dimension: x[None])" if
+                                              isinstance(x, torch.Tensor) and tuple(x.shape) == want else ""))
+        dtype = next(module.parameters()).dtype
+        if x.dtype != dtype:
+            raise ValueError(f"the zoo {self.arch} has {dtype} weights but the input is {x.dtype}: "
+                             f"convert one of them (x.to({dtype}) or model.to({x.dtype}))")
+
+
 def build(arch: str, in_channels: int = 1, num_classes: int = 10, size: int = 32) -> nn.Module:
-    """An untrained zoo network by name (one of :data:`ARCHS`) for ``size`` x ``size`` inputs.
+    """An untrained zoo network by name (one of :data:`ARCHS`) for ``size`` x ``size`` inputs, checking
+    its input's shape and dtype.
 
     Widths shrink as the input grows (16 channels in the first stage at 32x32, 8 at 64x64, 4 from
     128x128) so that a forward pass costs about the same per image on a CPU.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHS}")
-    if arch == "mlp":
-        return mlp(in_channels, num_classes, size)
-    if size < 32 or size % 32:
-        raise ValueError(f"the convolutional zoo models take inputs whose side is a multiple of 32, got size {size}")
     width = max(4, 16 * 32 // size)  # narrower for larger inputs: about the same cost per image
-    if arch in ("vgg", "alexnet"):  # their dense head sees the flattened feature map
-        return {"vgg": vgg, "alexnet": alexnet}[arch](in_channels, num_classes, width, size)
-    if arch == "densenet":
-        return densenet(in_channels, num_classes, growth=max(4, 12 * 32 // size))
-    return resnet(in_channels, num_classes, width)
+    if arch == "mlp":
+        model = mlp(in_channels, num_classes, size)
+    elif size < 32 or size % 32:
+        raise ValueError(f"the convolutional zoo models take inputs whose side is a multiple of 32, got size {size}")
+    elif arch in ("vgg", "alexnet"):  # their dense head sees the flattened feature map
+        model = {"vgg": vgg, "alexnet": alexnet}[arch](in_channels, num_classes, width, size)
+    elif arch == "densenet":
+        model = densenet(in_channels, num_classes, growth=max(4, 12 * 32 // size))
+    else:
+        model = resnet(in_channels, num_classes, width)
+    model.register_forward_pre_hook(InputCheck(arch, in_channels, size))
+    return model
