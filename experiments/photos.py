@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.common import attack_batch, batches, claim, save_tensors, spread, tensor_path
+from experiments.common import attack_batch, batches, load_run, manipulation_claim, save_tensors, tensor_path
+from experiments.stats import median_ci
 
 TITLE = "Table-1 attack on 64x64 RGB photos (issue 13)"
 LR_FACTORS = {"table": 1.0, "unit": 0.226}  # 'unit': the Table-1 rate converted to [0, 1] pixels
 METRICS = (("map_pcc", "PCC(h_adv, h_t)"), ("image_mse", "MSE(x_adv, x)"), ("linf", "L-inf(x_adv - x)"),
            ("image_ssim", "SSIM(x_adv, x)"))
 DIGITS = Path(__file__).resolve().parents[1] / "docs" / "attack_quality"
-BOOTSTRAP = 2000
 
 
 def config(quick: bool) -> dict:
@@ -52,18 +52,6 @@ def run_task(cfg: dict, task: dict, device, workdir: Path) -> list[dict]:
         save_tensors(tensor_path(workdir, task), **{k: getattr(result, k) for k in
                                                      ("x", "x_adv", "map_x", "map_adv", "target_map")})
     return [{**row, "lr_name": task["lr_name"]} for row in rows]
-
-
-def bootstrap_median(values, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """(median, lower, upper): the percentile-bootstrap interval of the median of finite ``values``."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if not v.size:
-        return (np.nan,) * 3
-    rng = np.random.default_rng(seed)
-    medians = np.median(v[rng.integers(0, v.size, (BOOTSTRAP, v.size))], axis=1)
-    lo, hi = np.percentile(medians, [50 * (1 - level), 50 * (1 + level)])
-    return float(np.median(v)), float(lo), float(hi)
 
 
 def colour_histogram_accuracy(size: int = 64, bins: int = 8) -> float:
@@ -109,7 +97,8 @@ def summary_rows(run) -> list[dict]:
                    "steps": int(run.values("steps", **where)[0]), "n": len(run.select(**where)),
                    "class_kept": float(run.values("class_kept", **where).mean())}
             for column, _ in METRICS:
-                row[column], row[column + "_lo"], row[column + "_hi"] = bootstrap_median(run.values(column, **where))
+                ci = median_ci(run.values(column, **where))
+                row[column], row[column + "_lo"], row[column + "_hi"] = ci.estimate, ci.low, ci.high
             rows.append(row)
     return rows
 
@@ -124,7 +113,8 @@ def digits_rows() -> list[dict]:
         row = {"method": method, "lr_name": "digits", "lr": cfg["lr"], "steps": cfg["steps"], "n": len(table),
                "class_kept": float(np.mean([float(r["class_kept"]) for r in table]))}
         for column, _ in METRICS:
-            row[column], row[column + "_lo"], row[column + "_hi"] = bootstrap_median([float(r[column]) for r in table])
+            ci = median_ci([float(r[column]) for r in table])
+            row[column], row[column + "_lo"], row[column + "_hi"] = ci.estimate, ci.low, ci.high
         rows.append(row)
     return rows
 
@@ -157,6 +147,8 @@ def figure(run) -> str | None:
 
 
 def _cell(row: dict, column: str) -> str:
+    if not np.isfinite(row[column + "_lo"]):
+        return f"{row[column]:.3g} (no CI, n < 5)"
     return f"{row[column]:.3g} [{row[column + '_lo']:.3g}, {row[column + '_hi']:.3g}]"
 
 
@@ -174,40 +166,33 @@ def section(rows: list[dict], accuracy: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def finish(run) -> list[dict]:
-    rows = summary_rows(run)
-    write_csv(run.path("summary.csv"), rows + digits_rows())
+def figures(run) -> None:
+    """summary.csv (photos and digits), accuracy.csv (full runs), tables.md and manipulation.png."""
+    rows = summary_rows(run) + digits_rows()
+    write_csv(run.path("summary.csv"), rows)
     accuracy = []
     if not run.cfg["quick"]:  # the baseline fits a classifier on 960 histograms per size
         accuracy = accuracy_rows()
         write_csv(run.path("accuracy.csv"), accuracy)
-    run.path("tables.md").write_text(section(rows + digits_rows(), accuracy))
-    fig = figure(run)
-    claims = []
-    for row in rows:
-        where = {"method": row["method"], "lr_name": row["lr_name"]}
-        pcc, mse, linf = row["map_pcc"], row["image_mse"], row["linf"]
-        regime = pcc >= 0.8 and mse <= 2e-3 and linf <= 0.1
-        claims.append(claim(
-            f"photos 64x64, {row['method']}, {row['lr_name']} rate {row['lr']:.3g}: high map PCC at image MSE ~1e-3",
-            "Fig. 2-3: target emulated, perturbation hardly perceptible (ImageNet, 1500 steps)",
-            f"PCC {spread(run.values('map_pcc', **where))}; image MSE {mse:.2g}; L-inf {linf:.2g}; SSIM(x_adv, x) "
-            f"{row['image_ssim']:.3f}; class kept {row['class_kept']:.0%}; {row['steps']} steps",
-            "agree" if regime else "partly" if pcc >= 0.7 else "disagree",
-            "" if regime else "thresholds: median PCC >= 0.8, image MSE <= 2e-3 and L-inf <= 0.1", fig))
-    return claims
+    run.path("tables.md").write_text(section(rows, accuracy))
+    figure(run)
+
+
+def claims(run) -> list[dict]:
+    return [manipulation_claim(run, f"photos 64x64, {row['method']}, {row['lr_name']} rate {row['lr']:.3g}",
+                               "manipulation.png", "Fig. 2-3: target emulated, perturbation hardly perceptible "
+                               "(ImageNet, 1500 steps)", method=row["method"], lr_name=row["lr_name"])
+            for row in summary_rows(run)]
 
 
 def summarise_partial(out: Path):
     """Tables, figure and claims of the finished tasks of an interrupted run under ``out/photos``
     (``python -m experiments.photos OUT``); the run resumes with ``python -m experiments photos --out OUT``."""
     from geomexpl import runs
-    from experiments.common import Run
 
-    workdir = Path(out) / "photos"
-    cfg = json.loads((workdir / "config.json").read_text())["options"]
-    run = Run("photos", workdir, cfg, runs.ResultTable(workdir / "results.csv", key=("task",)).rows)
-    runs.write_json(workdir / "claims.json", finish(run))
+    run = load_run("photos", out)
+    figures(run)
+    runs.write_json(run.path("claims.json"), claims(run))
     return run
 
 
