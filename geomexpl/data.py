@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geomexpl import photos
+
 SPLITS = ("train", "test", "all")
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
@@ -53,9 +55,11 @@ def _faces_raw() -> tuple[np.ndarray, np.ndarray]:
 
 
 _BUILTIN = {
-    # name: (raw loader, default size, classes); both are single-channel images in [0, 1]
-    "digits": (_digits_raw, 32, tuple(str(i) for i in range(10))),
-    "faces": (_faces_raw, 32, ("non-face", "face")),
+    # name: (raw loader, default size, classes, channels); all in [0, 1]. The photos have their own
+    # region split (geomexpl.photos) instead of a raw loader.
+    "digits": (_digits_raw, 32, tuple(str(i) for i in range(10)), 1),
+    "faces": (_faces_raw, 32, ("non-face", "face"), 1),
+    "photos": (None, 64, photos.SCENES, 3),
 }
 
 
@@ -69,8 +73,9 @@ def spec(name: str, size: int | None = None) -> DatasetSpec:
     if name not in _BUILTIN:
         raise ValueError(f"unknown dataset {name!r}; built-in datasets are {names()} "
                          "(use load_folder for your own images)")
-    _, default_size, classes = _BUILTIN[name]
-    return DatasetSpec(name, 1, size or default_size, len(classes), (0.0,), (1.0,), classes)
+    _, default_size, classes, channels = _BUILTIN[name]
+    return DatasetSpec(name, channels, size or default_size, len(classes), (0.0,) * channels, (1.0,) * channels,
+                       classes)
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -100,12 +105,19 @@ def stratified_split(labels: np.ndarray, split: str, test_fraction: float = TEST
 
 def load(name: str, split: str = "test", size: int | None = None,
          dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images [N, 1, size, size] in [0, 1], labels [N])`` of a built-in dataset.
+    """``(images [N, C, size, size] in [0, 1], labels [N])`` of a built-in dataset.
 
     ``load('digits', 'test')``: 359 of scikit-learn's 1797 digits, upsampled from 8x8 to 32x32.
     ``load('faces', 'train')``: scikit-image's LFW subset (faces vs non-faces), from 25x25.
+    ``load('photos', 'test')``: 160 RGB 64x64 crops of 10 photographs, labelled by the photograph
+    (train and test crops come from disjoint regions; see :mod:`geomexpl.photos`).
     """
     spec_ = spec(name, size)
+    if name == "photos":
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        x, y = photos.load(split, spec_.size)
+        return torch.as_tensor(x).to(dtype), torch.as_tensor(y)
     raw_images, raw_labels = _BUILTIN[name][0]()
     idx = stratified_split(raw_labels, split)
     images = torch.as_tensor(raw_images[idx], dtype=torch.float32)

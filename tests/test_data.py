@@ -70,3 +70,41 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read image"):
         data.load_folder(tmp_path)
+
+
+def test_photos_rgb_scenes_bounds_and_cache():
+    from geomexpl import photos
+
+    spec = data.spec("photos")
+    assert (spec.channels, spec.size, spec.num_classes) == (3, 64, 10) and spec.lower == (0.0,) * 3
+    x, y = data.load("photos", "test")
+    assert x.shape == (160, 3, 64, 64) and y.bincount().tolist() == [16] * 10
+    assert 0 <= float(x.min()) and float(x.max()) <= 1 and float(x.max()) > 0.9
+    assert len(data.load("photos", "train")[0]) == 960 and len(data.load("photos", "all")[0]) == 1120
+    again, _ = data.load("photos", "test")
+    assert torch.equal(x, again)  # seeded (and cached)
+    assert (x[:, 0] - x[:, 1]).abs().mean() > 0.02  # colour, not grey
+    big, y_big = data.load("photos", "test", size=128)  # the same crops, larger
+    assert big.shape == (160, 3, 128, 128) and torch.equal(y, y_big)
+    small = torch.nn.functional.avg_pool2d(big, 2)
+    assert float((small - x).abs().mean()) < 0.02
+    assert photos.scene_photos("motorcycle")[0].shape == photos.scene_photos("motorcycle")[1].shape
+
+
+def test_photo_train_and_test_regions_are_disjoint():
+    from geomexpl import photos
+
+    rng = np.random.default_rng(0)
+    disparity = 60 / 741  # the stereo pair's largest disparity, as a fraction of its width
+    for shape in ((500, 741), (872, 1000), (512, 512), (1000, 300)):
+        long_axis = int(shape[1] >= shape[0])
+        length = shape[long_axis]
+        spans = {}
+        for split in ("train", "test"):
+            boxes = [photos._crop_box(shape, split, rng) for _ in range(200)]
+            assert all(side >= 0.1 * length or side == min(shape) for *_, side in boxes)
+            spans[split] = [(b[long_axis], b[long_axis] + b[2]) for b in boxes]
+            assert all(0 <= b[1 - long_axis] and b[1 - long_axis] + b[2] <= shape[1 - long_axis] for b in boxes)
+        for lo, hi in spans["test"]:
+            for t_lo, t_hi in spans["train"]:
+                assert hi + disparity * length <= t_lo or t_hi + disparity * length <= lo

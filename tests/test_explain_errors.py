@@ -69,7 +69,7 @@ class Shifted(nn.Module):
         self.fc = nn.Linear(128, 3)
 
     def forward(self, x):
-        return self.fc(x.flatten(1) + 1.0)
+        return self.fc(1.0 / (x.flatten(1) + 1.0))
 
 
 class TwoOutputs(nn.Module):
@@ -86,8 +86,8 @@ def test_untraceable_constant_add_and_tuple_outputs_are_explained_errors():
     x = tiny_inputs(2)
     with pytest.raises(UnsupportedLayerError, match="cannot trace Untraceable with torch.fx"):
         propagate(Untraceable().double(), x, "lrp", bounds=(0, 1))
-    with pytest.raises(UnsupportedLayerError, match="addition of a constant"):
-        propagate(Shifted().double(), x, "guided_backprop")
+    with pytest.raises(UnsupportedLayerError, match="a constant divided by a tensor is not affine"):
+        propagate(Shifted().double(), x, "guided_backprop")  # x + 1 is an affine layer, 1 / x is not
     with pytest.raises(UnsupportedLayerError, match="one tensor of logits"):
         propagate(TwoOutputs().double(), x, "deeplift")
 

@@ -21,6 +21,14 @@ Layers understood (anything else raises :class:`UnsupportedLayerError` naming la
   when the call's result is discarded): under a softplus twin (``unwrap`` gives beta) the forward
   computes softplus_beta instead. Kinks (abs, LeakyReLU, other clamps) and smooth activations are
   refused with the op's name.
+* elementwise affine maps by a constant (a number or a registered buffer/parameter read in
+  forward): ``x + c``, ``x - c``, ``c - x``, ``x * c``, ``x / c`` (operators, ``torch.add/sub/mul/div``
+  and the Tensor methods), e.g. an input normalisation ``(x - mean) / std``
+  (:func:`geomexpl.nets.with_normalization`). The forward is the model's own op; gradient-like
+  methods (Guided BP, Deconvnet, PatternNet, DeepLIFT, ...) apply the chain rule s_x = a s_z, the
+  LRP family the identity rule R_x = R_z (relevance passes the normalisation unchanged, as zennit's
+  and iNNvestigate's pass rule do), and LRP's zB rule in the first weighted layer uses the input
+  bounds mapped through the affine maps before it.
 * max pooling (the rules route signals with the recorded argmax), shape-only layers (flatten,
   view/reshape, dropout and identity in eval mode: the signal is reshaped back), channel
   concatenation (``torch.cat``: the signal is split along the concatenated dimension), and
@@ -33,6 +41,7 @@ layer (Sixt et al.'s cosine similarity convergence) and returns the signal of ev
 """
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import weakref
@@ -152,6 +161,25 @@ class PoolMap(LinearMap):
         return weight * self.pool(xs[0])
 
 
+class AffineMap(LinearMap):
+    """An elementwise z = a x + b with constant (broadcast) a and b; the transpose sums a s back to
+    the input's shape."""
+
+    def apply(self, xs, weight):
+        return xs[0] * weight
+
+    def _bias_view(self, z):
+        return self.bias
+
+    def transpose(self, s, weight):
+        return [(s * weight).sum_to_size((s.shape[0],) + self.in_shapes[0])]
+
+    def map_bounds(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bounds of z for lower <= x <= upper (swapped where a < 0)."""
+        first, second = self.forward([lower]), self.forward([upper])
+        return torch.minimum(first, second), torch.maximum(first, second)
+
+
 def _fold_batchnorm(weight, bias, bn: nn.Module):
     """Fold an eval-mode batch norm into the preceding layer: returns (W', b')."""
     scale, shift = _batchnorm_affine(bn)
@@ -191,6 +219,9 @@ _SHAPE_METHODS = {"flatten", "view", "reshape", "contiguous"}
 _HELPER_FUNCTIONS = {getattr, operator.getitem, operator.mul, operator.floordiv, operator.sub,
                      operator.add}
 _HELPER_METHODS = {"size", "dim"}
+_AFFINE_FUNCTIONS = {operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub: "sub",
+                     operator.mul: "mul", torch.mul: "mul", operator.truediv: "div", torch.div: "div"}
+_AFFINE_METHODS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
 _MAXPOOL_WITH_INDICES = {1: F.max_pool1d_with_indices, 2: F.max_pool2d_with_indices,
                          3: F.max_pool3d_with_indices}
 
@@ -199,8 +230,8 @@ _MAXPOOL_WITH_INDICES = {1: F.max_pool1d_with_indices, 2: F.max_pool2d_with_indi
 class Layer:
     """One node of the propagation graph.
 
-    ``kind``: 'input', 'linear', 'relu', 'maxpool', 'shape', 'cat', 'helper' (non-tensor values such
-    as ``x.size(0)``) or 'unsupported'. ``inputs``: names of the tensor inputs. ``first``: a linear
+    ``kind``: 'input', 'linear', 'affine' (elementwise by a constant), 'relu', 'maxpool', 'shape',
+    'cat', 'helper' (non-tensor values such as ``x.size(0)`` or a buffer) or 'unsupported'. ``inputs``: names of the tensor inputs. ``first``: a linear
     layer reading the network input (through shape-only layers). ``inputs_nonneg``: all inputs are
     structurally non-negative (outputs of ReLU, or pooling/reshaping/concatenating/adding them).
     ``gated``: every consumer of the output is a ReLU.
@@ -211,7 +242,8 @@ class Layer:
     description: str
     inputs: tuple[str, ...] = ()
     run: Callable | None = None  # evaluates the layer from the values of the earlier layers
-    make_map: Callable | None = None  # linear layers: (input values) -> LinearMap
+    make_map: Callable | None = None  # linear layers: (input values) -> LinearMap; affine: (x, constant)
+    constant: str | None = None  # affine layers: the helper layer holding the constant, if not a number
     pool: Callable | None = None  # max pooling: x -> (y, argmax)
     cat_dim: int = 1
     foldable: bool = False  # a conv/linear module a following batch norm may be folded into
@@ -219,6 +251,7 @@ class Layer:
     first: bool = False
     inputs_nonneg: bool = False
     gated: bool = False
+    affine_chain: tuple[str, ...] = ()  # first layers: the affine layers between the input and it
     inplace_of: str | None = None  # an in-place ReLU: the fx node whose tensor it overwrites
 
 
@@ -234,7 +267,8 @@ class Graph:
             raise UnsupportedLayerError(
                 f"method {method!r} has no propagation rule for layer {bad[0].name!r} "
                 f"({bad[0].description}); supported: Conv1d/2d/3d, Linear, BatchNorm, ReLU, max/avg/"
-                "adaptive-avg pooling, flatten/view/reshape, dropout (eval), residual add, torch.cat")
+                "adaptive-avg pooling, flatten/view/reshape, dropout (eval), residual add, torch.cat, "
+                "add/sub/mul/div by a constant")
 
 
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -270,6 +304,7 @@ def _build_graph(model: nn.Module) -> Graph:
     layers: dict[str, Layer] = {}
     tensors: set[str] = set()
     from_input: set[str] = set()
+    chains: dict[str, tuple[str, ...]] = {}  # layer reading the input -> the affine layers on the way
     nonneg: set[str] = set()
 
     def name_of(node: fx.Node) -> str:
@@ -307,10 +342,12 @@ def _build_graph(model: nn.Module) -> Graph:
             elif used_masks and layer.kind != "relu":
                 layer = Layer(layer.name, "unsupported", f"{layer.description} reading the comparison or "
                               f"constant {used_masks[0]!r} (a data-dependent mask)")
-            if layer.kind == "shape" and ins and ins[0] in from_input:
+            if layer.kind in ("shape", "affine") and ins and ins[0] in from_input:
                 from_input.add(layer.name)
+                chains[layer.name] = chains.get(ins[0], ()) + ((layer.name,) if layer.kind == "affine" else ())
             if layer.kind == "linear":
                 layer.first = len(ins) == 1 and ins[0] in from_input
+                layer.affine_chain = chains.get(ins[0], ()) if layer.first else ()
             layer.inputs_nonneg = bool(ins) and all(n in nonneg for n in ins)
             if layer.kind == "relu" or (layer.inputs_nonneg and layer.kind in ("maxpool", "shape", "cat")):
                 nonneg.add(layer.name)
@@ -346,6 +383,10 @@ def _generic_run(model, node: fx.Node, name_of) -> Callable:
             args, kwargs = resolve(env)
             return module(*args, **kwargs)
         return run_module
+    if node.op == "get_attr":
+        def run_attr(env):
+            return functools.reduce(getattr, node.target.split("."), model)
+        return run_attr
     if node.op == "call_method":
         def run_method(env):
             args, kwargs = resolve(env)
@@ -365,8 +406,8 @@ def _classify(model, traced, node: fx.Node, name: str, ins: list[str], layers: d
     activation = _activation_layer(model, traced, node, name, rename, tensors)
     if activation is not None:
         return activation
-    if node.op == "get_attr":
-        return Layer(name, "unsupported", f"parameter access {target!r} inside forward")
+    if node.op == "get_attr":  # a buffer or parameter read in forward: a constant of affine layers
+        return Layer(name, "helper", f"constant {target!r}")
     if node.op == "call_module":
         module = model.get_submodule(target)
         kind_name = f"{type(module).__name__} {target!r}"
@@ -398,6 +439,8 @@ def _classify(model, traced, node: fx.Node, name: str, ins: list[str], layers: d
             return Layer(name, "helper", f"Tensor.{target}")
         if target == "add" and len(ins) == 2 and not node.kwargs:
             return _sum_layer(name, ins, 1.0)
+        if target in _AFFINE_METHODS and len(ins) == 1:
+            return _affine_layer(node, name, _AFFINE_METHODS[target], ins, rename, f"Tensor.{target}")
         return Layer(name, "unsupported", f"Tensor.{target}")
     # call_function
     if target in _ADD_FUNCTIONS and len(ins) == 2 and set(node.kwargs) <= {"alpha"}:
@@ -421,9 +464,34 @@ def _classify(model, traced, node: fx.Node, name: str, ins: list[str], layers: d
         return Layer(name, "shape", label, tuple(ins))
     if target in _HELPER_FUNCTIONS and (not ins or (target is getattr and len(ins) == 1)):
         return Layer(name, "helper", label)
-    if target in _ADD_FUNCTIONS and len(ins) == 1:
-        return Layer(name, "unsupported", "addition of a constant to a tensor")
+    if target in _AFFINE_FUNCTIONS and len(ins) == 1:
+        return _affine_layer(node, name, _AFFINE_FUNCTIONS[target], ins, rename, label)
     return Layer(name, "unsupported", label)
+
+
+def _affine_layer(node: fx.Node, name: str, op: str, ins: list[str], rename: dict, label: str) -> Layer:
+    """z = a x + b for x (op) c with a constant c: a number or a helper layer (a buffer)."""
+    args = node.args
+    if len(args) != 2 or node.kwargs:
+        return Layer(name, "unsupported", f"{label} with arguments {args}, {dict(node.kwargs)}")
+    tensor_first = isinstance(args[0], fx.Node) and rename.get(args[0].name, args[0].name) == ins[0]
+    other = args[1] if tensor_first else args[0]
+    if isinstance(other, fx.Node):
+        constant = rename.get(other.name, other.name)
+    elif isinstance(other, (int, float)) and not isinstance(other, bool):
+        constant = None
+    else:
+        return Layer(name, "unsupported", f"{label} by {other!r}")
+    if op == "div" and not tensor_first:
+        return Layer(name, "unsupported", f"{label}: a constant divided by a tensor is not affine")
+
+    def make_map(xs, value, op=op, tensor_first=tensor_first, number=other):
+        c = torch.as_tensor(number if value is None else value, dtype=xs[0].dtype, device=xs[0].device)
+        one, zero = torch.ones_like(c), torch.zeros_like(c)
+        a, b = {"add": (one, c), "sub": (one, -c) if tensor_first else (-one, c), "mul": (c, zero),
+                "div": (1 / c, zero)}[op]
+        return AffineMap(a, b, xs)
+    return Layer(name, "affine", f"{label} by a constant", tuple(ins), make_map=make_map, constant=constant)
 
 
 def _activation_layer(model, traced, node: fx.Node, name: str, rename: dict, tensors: set) -> Layer | None:
@@ -515,6 +583,9 @@ def forward_trace(model: nn.Module, x: torch.Tensor, method: str = "propagation"
         elif layer.kind == "linear":
             maps[layer.name] = layer.make_map(xs)
             out = maps[layer.name].forward(xs)
+        elif layer.kind == "affine":  # the model's own op, so the trace matches model(x) exactly
+            maps[layer.name] = layer.make_map(xs, None if layer.constant is None else values[layer.constant])
+            out = layer.run(values)
         elif layer.kind == "relu":
             out = softplus_beta(xs[0], beta)
         elif layer.kind == "maxpool":
@@ -540,13 +611,22 @@ class Step:
         self.index = trace.argmax.get(layer.name)
         self.beta = trace.beta
         self.x = trace.x
+        self._chain = [trace.maps[n] for n in layer.affine_chain]
+
+    def input_bounds(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bounds of this (first) layer's input from the network input's bounds: mapped through
+        the affine layers in between (an input normalisation), unchanged without them."""
+        for op in self._chain:
+            lower, upper = op.map_bounds(lower, upper)
+        return lower, upper
 
 
 @dataclass(frozen=True)
 class Rules:
     """A method: one rule per layer type, how the walk starts and how the explanation is read off.
 
-    ``linear(step, s) -> [signal per input]``, ``relu(step, s)``, ``maxpool(step, s)``;
+    ``linear(step, s) -> [signal per input]``, ``relu(step, s)``, ``maxpool(step, s)``,
+    ``affine(step, s) -> [signal]`` (elementwise affine layers; default: the chain rule a s);
     ``start(logits, target) -> output signal``; ``finish(input_signal, x, reference) -> h``.
     ``reference`` (DeepLIFT) makes the forward run on [x; reference]. ``inject`` maps a user's
     [B, ...] signal to the method's internal form and ``readout`` maps it back for records.
@@ -560,6 +640,7 @@ class Rules:
     reference: Callable | None = None  # x -> reference batch
     inject: Callable = lambda s: s
     readout: Callable = lambda s: s
+    affine: Callable = lambda step, s: step.op.transpose(s, step.op.weight)
 
 
 RULE_SETS: dict[str, Callable[..., Rules]] = {}
@@ -645,6 +726,8 @@ def _backward(layer: Layer, step: Step, s: torch.Tensor, rules: Rules) -> list[t
     """Signals of a layer's inputs from the signal of its output."""
     if layer.kind == "linear":
         return rules.linear(step, s)
+    if layer.kind == "affine":
+        return rules.affine(step, s)
     if layer.kind == "relu":
         return [rules.relu(step, s)]
     if layer.kind == "maxpool":

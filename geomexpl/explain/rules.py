@@ -14,7 +14,8 @@ positive contributions (the z+ rule: R_a = [a]^+ / ([a]^+ + [b]^+) R) in every L
 LRP-epsilon, whose epsilon rule splits R_a = a / (a + b + eps) R. (Alpha-beta itself would scale
 relevance by alpha there: these layers have no negative weights, so its beta term vanishes.)
 A batch norm that follows no conv (a per-channel affine, a diagonal W) is a weighted layer and
-gets the method's rule. Gradient-like methods (Guided BP, Deconv, RectGrad) start from the one-hot
+gets the method's rule. An elementwise affine map by a constant (input normalisation) passes
+relevance unchanged (the identity rule). Gradient-like methods (Guided BP, Deconv, RectGrad) start from the one-hot
 target and pass additions through to both summands. Denominators are stabilised by z + eps sign(z) with
 sign(0) = +1. Under a softplus twin the ReLU masks 1[z > 0] become sigmoid(beta z) and Guided BP's
 and Deconv's rectification of the backward signal becomes softplus_beta (the reference code).
@@ -168,13 +169,20 @@ def linear_zb(bounds):
 
     def rule(step: Step, R: torch.Tensor) -> list[torch.Tensor]:
         op, x = step.op, step.xs[0]
-        lo, hi = (b.expand_as(step.x).reshape(x.shape) for b in channel_bounds(step.x, lower, upper))
+        lo, hi = step.input_bounds(*(b.expand_as(step.x) for b in channel_bounds(step.x, lower, upper)))
+        lo, hi = lo.reshape(x.shape), hi.reshape(x.shape)
         w, w_pos, w_neg = op.weight, op.weight.clamp(min=0), op.weight.clamp(max=0)
         z = op.apply([x], w) - op.apply([lo], w_pos) - op.apply([hi], w_neg)
         s = R / stabilize(z, STABILIZER)
         (c,), (c_pos,), (c_neg,) = (op.transpose(s, v) for v in (w, w_pos, w_neg))
         return [x * c - lo * c_pos - hi * c_neg]
     return rule
+
+
+def affine_identity(step: Step, R: torch.Tensor) -> list[torch.Tensor]:
+    """The LRP family's rule for an elementwise affine map by a constant (an input normalisation
+    (x - mean) / std): relevance passes unchanged, R_x = R_z (summed over broadcast dimensions)."""
+    return [R.sum_to_size(step.xs[0].shape)]
 
 
 def linear_wsquare(step: Step, R: torch.Tensor) -> list[torch.Tensor]:
@@ -260,7 +268,7 @@ def lrp(bounds) -> Rules:
     (scalars or per-channel), z+ in every other layer; R^L = f_k(x) at the target."""
     zb = linear_zb(_checked_bounds(bounds))
     return Rules(linear=lrp_linear(lambda step, R: zb(step, R) if step.layer.first else linear_zplus(step, R)),
-                 relu=relu_pass, maxpool=max_route, start=logit_value)
+                 relu=relu_pass, maxpool=max_route, start=logit_value, affine=affine_identity)
 
 
 @rule_set("deep_taylor")
@@ -274,14 +282,15 @@ def deep_taylor(bounds) -> Rules:
         if step.layer.first:
             return zb(step, R)
         return linear_zplus(step, R) if step.layer.inputs_nonneg else linear_wsquare(step, R)
-    return Rules(linear=lrp_linear(linear), relu=relu_pass, maxpool=max_route, start=logit_value)
+    return Rules(linear=lrp_linear(linear), relu=relu_pass, maxpool=max_route, start=logit_value,
+                 affine=affine_identity)
 
 
 @rule_set("lrp_epsilon")
 def lrp_epsilon(epsilon: float = EPSILON) -> Rules:
     """LRP-epsilon in every layer (eps -> 0: LRP-z, which equals gradient x input on ReLU nets)."""
     return Rules(linear=linear_epsilon(_check_epsilon(epsilon)), relu=relu_pass, maxpool=max_route,
-                 start=logit_value)
+                 start=logit_value, affine=affine_identity)
 
 
 @rule_set("lrp_alpha_beta")
@@ -289,7 +298,7 @@ def lrp_alpha_beta(alpha: float | None = None, preset: str | None = None) -> Rul
     """LRP-alpha-beta in every layer with beta = alpha - 1: ``preset`` 'a1b0', 'a2b1' (default) or
     'a5b4', or ``alpha`` (explain's ``beta`` is the softplus parameter, so LRP's beta is implied)."""
     return Rules(linear=lrp_linear(linear_alpha_beta(_alpha(alpha, preset, "a2b1"))), relu=relu_pass,
-                 maxpool=max_route, start=logit_value)
+                 maxpool=max_route, start=logit_value, affine=affine_identity)
 
 
 @rule_set("lrp_cmp")
@@ -299,7 +308,7 @@ def lrp_cmp(epsilon: float = EPSILON, alpha: float | None = None, preset: str | 
     dense = linear_epsilon(_check_epsilon(epsilon))
     other = linear_alpha_beta(_alpha(alpha, preset, "a1b0"))
     return Rules(linear=lrp_linear(lambda step, R: dense(step, R) if step.op.dense else other(step, R)),
-                 relu=relu_pass, maxpool=max_route, start=logit_value)
+                 relu=relu_pass, maxpool=max_route, start=logit_value, affine=affine_identity)
 
 
 @rule_set("excitation_backprop")
@@ -307,7 +316,7 @@ def excitation_backprop() -> Rules:
     """Excitation Backprop (Zhang et al. 2018): marginal winning probabilities
     P(x_i) = sum_j [w_ji x_i]^+ / sum_i [w_ji x_i]^+ P(z_j), i.e. the z+ rule in every layer,
     from the one-hot prior P(z_k) = 1 at the target."""
-    return Rules(linear=linear_zplus, relu=relu_pass, maxpool=max_route, start=one_hot)
+    return Rules(linear=linear_zplus, relu=relu_pass, maxpool=max_route, start=one_hot, affine=affine_identity)
 
 
 for _name, _bounds in (("guided_backprop", False), ("deconvnet", False), ("rectgrad", False), ("lrp", True),

@@ -20,7 +20,12 @@ from geomexpl.nets import zoo
 
 FORMAT = 1
 BUNDLED_DIR = Path(__file__).with_name("pretrained")
-EPOCHS = {"mlp": 60}  # per-architecture training length; 30 epochs otherwise
+EPOCHS = {"mlp": 60, "photos": 12}  # training length per architecture or dataset; 30 epochs otherwise
+
+
+def epochs(arch: str, dataset: str) -> int:
+    """Training epochs of a zoo model: the architecture's, else the dataset's, else 30."""
+    return EPOCHS.get(arch, EPOCHS.get(dataset, 30))
 
 
 class WeightFileError(ValueError):
@@ -65,6 +70,8 @@ def load_weights(model: nn.Module, path: str | Path) -> dict:
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightFileError(f"weight file {path} holds no state_dict of tensors")
+    upgrade = getattr(model, "upgrade_state_dict", None)  # e.g. DenseNet's legacy key names
+    state = upgrade(state) if callable(upgrade) else state
     mismatch = _state_mismatch(model.state_dict(), state)
     if mismatch:
         raise WeightFileError(f"weight file {path} does not fit {type(model).__name__}: {mismatch}")
@@ -91,7 +98,8 @@ def _state_mismatch(expected: dict, state: dict, show: int = 3) -> str:
 
 
 def train(model: nn.Module, dataset: str, epochs: int = 30, lr: float = 2e-3, batch_size: int = 64,
-          seed: int = 0, progress: bool = True, device: torch.device | str | None = None) -> dict:
+          seed: int = 0, progress: bool = True, size: int | None = None,
+          device: torch.device | str | None = None) -> dict:
     """Seeded Adam training with +-2 pixel random shifts; returns metadata incl. test accuracy.
 
     ``device`` (default: the model's): the model and the whole training set move there once; the
@@ -102,7 +110,7 @@ def train(model: nn.Module, dataset: str, epochs: int = 30, lr: float = 2e-3, ba
     torch.manual_seed(seed)
     device = torch.device(device) if device is not None else _device_of(model)
     model.to(device)
-    x, y = (t.to(device) for t in data.load(dataset, "train"))
+    x, y = (t.to(device) for t in data.load(dataset, "train", size))
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * -(-len(x) // batch_size))
@@ -120,13 +128,14 @@ def train(model: nn.Module, dataset: str, epochs: int = 30, lr: float = 2e-3, ba
             sched.step()
     model.eval()
     return {"dataset": dataset, "epochs": epochs, "seed": seed, "train_seconds": time.perf_counter() - start,
-            "test_accuracy": accuracy(model, dataset), "torch": str(torch.__version__), "device": device.type}
+            "test_accuracy": accuracy(model, dataset, size=size), "size": x.shape[-1],
+            "torch": str(torch.__version__), "device": device.type}
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, dataset: str, split: str = "test") -> float:
+def accuracy(model: nn.Module, dataset: str, split: str = "test", size: int | None = None) -> float:
     """Top-1 accuracy of ``model`` on a built-in split, evaluated on the model's device."""
-    x, y = (t.to(_device_of(model)) for t in data.load(dataset, split))
+    x, y = (t.to(_device_of(model)) for t in data.load(dataset, split, size))
     return float((model(x).argmax(1) == y).float().mean())
 
 
@@ -136,15 +145,16 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def pretrained(arch: str, dataset: str = "digits", weights: str | Path | None = None,
-               progress: bool = True, retrain: bool = False) -> nn.Module:
+               progress: bool = True, retrain: bool = False, size: int | None = None) -> nn.Module:
     """A trained zoo model in eval mode with frozen parameters.
 
     ``weights`` loads a user's file for this architecture (never retrained: errors are raised).
     Otherwise the first usable file of the user cache (:func:`cache_dir`) and the weights bundled
     with the package is loaded. Without one (or with ``retrain``) the model is trained, seeded, and
-    written atomically to the cache. An unusable cached file is reported and replaced.
+    written atomically to the cache. An unusable cached file is reported and replaced. ``size``
+    picks the input size (the dataset's default when None; one net per size).
     """
-    spec = data.spec(dataset)
+    spec = data.spec(dataset, size)
     model = zoo.build(arch, spec.channels, spec.num_classes, spec.size)
     if weights is not None:
         load_weights(model, weights)
@@ -158,14 +168,14 @@ def pretrained(arch: str, dataset: str = "digits", weights: str | Path | None = 
             continue
         except WeightFileError as err:
             print(f"geomexpl: {err}; ignoring it", file=sys.stderr)
-    meta = train(model, dataset, epochs=EPOCHS.get(arch, 30), progress=progress)
+    meta = train(model, dataset, epochs=epochs(arch, dataset), progress=progress, size=spec.size)
     meta["arch"] = arch
     save_weights(model, weight_path(arch, dataset, spec.size), meta)
     return model.eval().requires_grad_(False)
 
 
-def metadata(arch: str, dataset: str = "digits", directory: Path | None = None) -> dict:
+def metadata(arch: str, dataset: str = "digits", directory: Path | None = None, size: int | None = None) -> dict:
     """The metadata (accuracy, training time, seed) stored with a zoo model's weights."""
-    spec = data.spec(dataset)
+    spec = data.spec(dataset, size)
     return load_weights(zoo.build(arch, spec.channels, spec.num_classes, spec.size),
                         weight_path(arch, dataset, spec.size, directory))

@@ -1,4 +1,5 @@
-"""Small model zoo in plain torch, sized for 32x32 single-channel inputs (digits, faces).
+"""Small model zoo in plain torch, for square inputs whose side is a multiple of 32 (digits and
+faces at 32x32 grey, photos at 64x64 or 128x128 RGB).
 
 Each architecture keeps the defining structure of its namesake (supplement C): VGG-16's 13 3x3
 convolutions in five pooled stages and three dense layers, ResNet-18's eight basic blocks with
@@ -18,7 +19,7 @@ def _conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> li
             nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
-def vgg(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> nn.Sequential:
+def vgg(in_channels: int = 1, num_classes: int = 10, width: int = 16, size: int = 32) -> nn.Sequential:
     """VGG-16-style: 13 conv+BN+ReLU in 5 max-pooled stages, then 3 dense layers."""
     plan = [1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8, "M"]
     layers: list[nn.Module] = []
@@ -29,12 +30,12 @@ def vgg(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> nn.Sequ
         else:
             layers += _conv_bn_relu(c, width * item)
             c = width * item
-    layers += [nn.Flatten(), nn.Linear(c, 128), nn.ReLU(), nn.Dropout(0.3),
+    layers += [nn.Flatten(), nn.Linear(c * (size // 32) ** 2, 128), nn.ReLU(), nn.Dropout(0.3),
                nn.Linear(128, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, num_classes)]
     return nn.Sequential(*layers)
 
 
-def alexnet(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> nn.Sequential:
+def alexnet(in_channels: int = 1, num_classes: int = 10, width: int = 16, size: int = 32) -> nn.Sequential:
     """AlexNet-style: 5 convolutions (5x5 first), 3 max-pools, a 3-layer dense head with dropout."""
     w = width
     return nn.Sequential(
@@ -43,7 +44,7 @@ def alexnet(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> nn.
         nn.Conv2d(4 * w, 6 * w, 3, padding=1), nn.ReLU(),
         nn.Conv2d(6 * w, 6 * w, 3, padding=1), nn.ReLU(),
         nn.Conv2d(6 * w, 4 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Dropout(0.3), nn.Linear(4 * w * 16, 256), nn.ReLU(),
+        nn.Flatten(), nn.Dropout(0.3), nn.Linear(4 * w * (size // 8) ** 2, 256), nn.ReLU(),
         nn.Dropout(0.3), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, num_classes),
     )
 
@@ -141,14 +142,24 @@ class InputCheck:
 
 
 def build(arch: str, in_channels: int = 1, num_classes: int = 10, size: int = 32) -> nn.Module:
-    """An untrained zoo network by name (one of :data:`ARCHS`), checking its input's shape and dtype."""
+    """An untrained zoo network by name (one of :data:`ARCHS`) for ``size`` x ``size`` inputs, checking
+    its input's shape and dtype.
+
+    Widths shrink as the input grows (16 channels in the first stage at 32x32, 8 at 64x64, 4 from
+    128x128) so that a forward pass costs about the same per image on a CPU.
+    """
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHS}")
+    width = max(4, 16 * 32 // size)  # narrower for larger inputs: about the same cost per image
     if arch == "mlp":
         model = mlp(in_channels, num_classes, size)
-    elif size != 32:
-        raise ValueError(f"the convolutional zoo models are sized for 32x32 inputs, got size {size}")
+    elif size < 32 or size % 32:
+        raise ValueError(f"the convolutional zoo models take inputs whose side is a multiple of 32, got size {size}")
+    elif arch in ("vgg", "alexnet"):  # their dense head sees the flattened feature map
+        model = {"vgg": vgg, "alexnet": alexnet}[arch](in_channels, num_classes, width, size)
+    elif arch == "densenet":
+        model = densenet(in_channels, num_classes, growth=max(4, 12 * 32 // size))
     else:
-        model = {"vgg": vgg, "resnet": resnet, "alexnet": alexnet, "densenet": densenet}[arch](in_channels, num_classes)
+        model = resnet(in_channels, num_classes, width)
     model.register_forward_pre_hook(InputCheck(arch, in_channels, size))
     return model
