@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from geomexpl.explain import explain, propagate, relevance_map
-from geomexpl.explain.propagation import UnsupportedLayerError
+from geomexpl.explain.graph import UnsupportedLayerError
 from geomexpl.geometry import logit, principal_curvatures
 from geomexpl.nets import UnsupportedActivationError, softplus_twin
 

@@ -13,7 +13,8 @@ from torch import nn
 from geomexpl.checks import check_eval, check_tensor
 from geomexpl.explain import deeplift, gradients, patterns, rules  # noqa: F401  (register their methods)
 from geomexpl.explain.patterns import Patterns, fit_patterns
-from geomexpl.explain.propagation import UnsupportedLayerError, layer_names, propagate
+from geomexpl.explain.graph import UnsupportedLayerError, layer_names
+from geomexpl.explain.propagation import propagate
 from geomexpl.explain.registry import METHODS, keep_graph, register, trusted_inputs
 from geomexpl.nets import softplus_twin
 

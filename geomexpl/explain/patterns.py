@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from geomexpl.checks import check_tensor
-from geomexpl.explain.propagation import (ConvMap, DenseMap, Rules, Step, compile_graph, explanation_method,
-                                          forward_trace, rule_set)
+from geomexpl.explain.graph import compile_graph
+from geomexpl.explain.linear_maps import ConvMap, DenseMap
+from geomexpl.explain.propagation import Rules, Step, explanation_method, forward_trace, rule_set
 from geomexpl.explain.rules import max_route, one_hot, relu_gradient
 from geomexpl.nets import cache_dir, unwrap
 

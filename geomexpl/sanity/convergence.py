@@ -19,7 +19,8 @@ from torch import nn
 
 from geomexpl.checks import channel_bounds, check_tensor
 from geomexpl.explain import DEFAULT_BOUNDS, METHODS
-from geomexpl.explain.propagation import RULE_SETS, compile_graph, forward_trace, layer_names, propagate
+from geomexpl.explain.graph import compile_graph, layer_names
+from geomexpl.explain.propagation import RULE_SETS, forward_trace, propagate
 from geomexpl.nets import softplus_twin, unwrap
 
 PERCENTILES = (10, 25, 75, 90)
