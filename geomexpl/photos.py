@@ -68,7 +68,9 @@ def _crops(split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
             patch = patch.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
             images.append(np.asarray(patch, dtype=np.float32).transpose(2, 0, 1) / 255.0)
             labels.append(label)
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+    # np.stack keeps the crops' channels-last memory order; torch 2.13's CPU backward of a ResNet in
+    # train mode crashes (segfault) on such a tensor, so the crops are made C-contiguous here
+    return np.ascontiguousarray(np.stack(images)), np.asarray(labels, dtype=np.int64)
 
 
 def load(split: str, size: int) -> tuple[np.ndarray, np.ndarray]:

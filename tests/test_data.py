@@ -108,3 +108,10 @@ def test_photo_train_and_test_regions_are_disjoint():
         for lo, hi in spans["test"]:
             for t_lo, t_hi in spans["train"]:
                 assert hi + disparity * length <= t_lo or t_hi + disparity * length <= lo
+
+
+@pytest.mark.parametrize("name", ["digits", "faces", "photos"])
+def test_built_in_images_are_c_contiguous(name):
+    # a channels-last photo tensor made torch 2.13's CPU backward of a train-mode ResNet segfault
+    x, _ = data.load(name, "train")
+    assert x.is_contiguous()
