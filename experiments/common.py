@@ -298,7 +298,8 @@ def budget(run: Run) -> str:
         parts.append(f"learning rate {run.cfg['lr_scale']:g}x the method's Table-1 rate")
     seconds = {r["task"]: float(r["task_seconds"]) for r in run.rows if r.get("task_seconds") not in (None, "")}
     tasks = len({r["task"] for r in run.rows})
-    parts.append(f"wall time {sum(seconds.values()):.0f} s over {tasks} tasks" if seconds else "wall time not recorded")
+    timed = f"{tasks} tasks" if len(seconds) == tasks else f"{len(seconds)} of {tasks} tasks (the others' times were not recorded)"
+    parts.append(f"wall time {sum(seconds.values()):.0f} s over {timed}" if seconds else "wall time not recorded")
     return "; ".join(parts)
 
 
