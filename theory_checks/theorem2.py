@@ -21,7 +21,6 @@ equal softplus_beta at 0 (sigma / sqrt(2 pi) = log(2) / beta).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch
 from scipy import integrate, optimize, stats
 
 from theory_checks.report import CheckResult, SubCheck, write_csv
+from theory_checks.theorem2_cases import Case, random_cases  # noqa: F401 (part of this module's API)
 
 NAME = "theorem2"
 FAMILY_WISE_ALPHA = 1e-3  # false-alarm rate of each Monte Carlo sub-check (Bonferroni over components)
@@ -126,43 +126,6 @@ def one_d_quadrature(x: float, w: float, beta: float, density=None) -> dict:
     lo, hi = (-np.inf, x) if w > 0 else (x, np.inf)
     prob, err_p = integrate.quad(lambda e: density(e, beta), lo, hi, **opts)
     return dict(smoothed_relu=smoothed, gradient=w * prob, quad_error=max(err_s, abs(w) * err_p))
-
-
-# ---------------------------------------------------------------- random problem instances
-@dataclass
-class Case:
-    """One weight vector w [d], M points x [M, d] and beta."""
-
-    w: torch.Tensor
-    x: torch.Tensor
-    beta: float
-
-
-def random_cases(rng: np.random.Generator, count: int, points: int, single_weight: bool) -> list[Case]:
-    """d in 1..100 (2..100 for dense w), beta log-uniform in [0.1, 10], |w| log-uniform in [0.2, 5].
-
-    Dense weights are sign(g)|g|^q, g ~ N(0, 1), q ~ U(0, 3), which spans equal magnitudes (q = 0)
-    to a few dominant weights. Points are placed at beta t ~ U(-3, 3) along u = w/|w| (so that
-    P(S < t) lies in [0.047, 0.953], where the normal approximation of the MC mean is good) plus
-    a random orthogonal part.
-    """
-    cases = []
-    for _ in range(count):
-        d = int(rng.integers(1 if single_weight else 2, 101))
-        beta = float(np.exp(rng.uniform(math.log(0.1), math.log(10.0))))
-        if single_weight:
-            w = np.zeros(d)
-            w[rng.integers(d)] = rng.choice([-1.0, 1.0])
-        else:
-            g = rng.standard_normal(d)
-            w = np.sign(g) * np.abs(g) ** rng.uniform(0.0, 3.0)
-        w = w / np.linalg.norm(w) * np.exp(rng.uniform(math.log(0.2), math.log(5.0)))
-        u = w / np.linalg.norm(w)
-        t = rng.uniform(-3.0, 3.0, points) / beta
-        x = rng.standard_normal((points, d)) * 3.0 / beta
-        x += (t - x @ u)[:, None] * u
-        cases.append(Case(torch.as_tensor(w), torch.as_tensor(x), beta))
-    return cases
 
 
 def bonferroni_k(components: int, alpha: float = FAMILY_WISE_ALPHA) -> float:
@@ -450,10 +413,12 @@ def run(out_dir: Path, quick: bool, seed: int) -> CheckResult:
                  save(dense_sub, "mc_dense_weights", dense_rows), save(gap_sub, "approximation_exact", gap_rows),
                  save(link_sub, "smoothgrad_link", link_rows)]
     gap_sub.files.append(str(write_csv(folder / "approximation_mc.csv", gap_mc_rows).relative_to(out_dir)))
-    curve_rows = _curves(size["curve_n"], generator)
-    plots = [_plot_curves(curve_rows, folder / "mc_vs_analytic.png"),
-             _plot_deviation(gap_rows, gap_mc_rows, folder / "deviation_vs_d.png"),
-             _plot_densities(folder / "smoothgrad_densities.png")]
+    from theory_checks import theorem2_plots as draw  # it imports this module's formulas
+
+    curve_rows = draw.curve_rows(size["curve_n"], generator)
+    plots = [draw.plot_curves(curve_rows, folder / "mc_vs_analytic.png"),
+             draw.plot_deviation(gap_rows, gap_mc_rows, folder / "deviation_vs_d.png"),
+             draw.plot_densities(folder / "smoothgrad_densities.png")]
     files = [str(write_csv(folder / "mc_vs_analytic.csv", curve_rows).relative_to(out_dir))]
     files += [str(path.relative_to(out_dir)) for path in plots]
     gap, link = gap_sub.numbers, link_sub.numbers
@@ -473,90 +438,3 @@ def run(out_dir: Path, quick: bool, seed: int) -> CheckResult:
         "means every statement above was confirmed within the stated tolerances.")
     return CheckResult(NAME, "beta-smoothing = expected gradient under logistic noise (one layer)", summary,
                        subchecks, files)
-
-
-def _curves(n: int, generator: torch.Generator) -> list[dict]:
-    """MC and both sides of eq. (21) along x: d = 1 (w = 1.5) for beta in {0.5, 1, 4}; d = 100 equal weights."""
-    rows = []
-    for label, w, beta in [("d1_beta0.5", torch.tensor([1.5]), 0.5), ("d1_beta1", torch.tensor([1.5]), 1.0),
-                           ("d1_beta4", torch.tensor([1.5]), 4.0), ("d100_equal_beta1", torch.ones(100) / 10, 1.0)]:
-        w = w.double()
-        z = torch.linspace(-6.0, 6.0, 49, dtype=torch.float64)
-        x = z[:, None] * w / w.norm() / beta
-        mean, se = mc_gradient(x, w, beta, n, generator)
-        closed, exact = closed_form_gradient(x, w, beta), exact_gradient(x, w, beta)
-        for i in range(len(z)):
-            rows.append(dict(curve=label, d=w.numel(), beta=beta, beta_t=z[i].item(), x_along_u=z[i].item() / beta,
-                             mc_over_w=(mean[i, 0] / w[0]).item(), se_over_w=(se[i, 0] / w[0]).item(),
-                             closed_over_w=(closed[i, 0] / w[0]).item(), exact_over_w=(exact[i, 0] / w[0]).item()))
-    return rows
-
-
-def _figure(width: float = 11.0):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, 4.2), layout="constrained")
-    return fig, fig.subplots(1, 2)
-
-
-def _plot_curves(rows: list[dict], path: Path) -> Path:
-    fig, (left, right) = _figure()
-    for label in dict.fromkeys(row["curve"] for row in rows):
-        sel = [row for row in rows if row["curve"] == label]
-        col = lambda key: np.array([row[key] for row in sel])
-        d, beta = sel[0]["d"], sel[0]["beta"]
-        if d == 1:
-            line = left.plot(col("x_along_u"), col("closed_over_w"), label=f"sigmoid(beta x), beta = {beta:g}")[0]
-            left.errorbar(col("x_along_u"), col("mc_over_w"), yerr=3 * col("se_over_w"), fmt="o", ms=3,
-                          color=line.get_color())
-        if beta == 1.0:
-            bars = right.errorbar(col("beta_t"), col("mc_over_w") - col("closed_over_w"), yerr=col("se_over_w"),
-                                  fmt="o", ms=3, label=f"MC - closed form (+-1 SE), d = {d}")
-            right.plot(col("beta_t"), col("exact_over_w") - col("closed_over_w"), color=bars[0].get_color(),
-                       label=f"exact - closed form, d = {d}")
-    left.set(xlabel="x (d = 1, w = 1.5)", ylabel="E[g'(x - eps)] / w",
-             title="MC (dots, +-3 SE) vs grad softplus_{beta/|w|} (lines)")
-    right.axhline(0.0, color="k", lw=0.5)
-    right.set(xlabel="beta u.x", ylabel="(E[grad g]_i - closed form_i) / w_i",
-              title="Residuals at beta = 1: d = 1 and d = 100 equal weights")
-    left.legend(fontsize=8)
-    right.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def _plot_deviation(rows: list[dict], mc_rows: list[dict], path: Path) -> Path:
-    fig, (left, right) = _figure()
-    limit = gaussian_limit_gap()[0]
-    equal = [r for r in rows if r["kind"] == "equal"]
-    rand = [r for r in rows if r["kind"] == "random"]
-    left.plot([r["d"] for r in equal], [r["sup_abs_gap"] for r in equal], label="exact, equal weights")
-    left.scatter([r["d"] for r in rand], [r["sup_abs_gap"] for r in rand], s=8, alpha=0.5, label="exact, random w")
-    left.errorbar([r["d"] for r in mc_rows], [abs(r["mc_over_w"] - r["closed_over_w"]) for r in mc_rows],
-                  yerr=[3 * r["se_over_w"] for r in mc_rows], fmt="s", color="k", label="MC (+-3 SE), equal weights")
-    left.axhline(limit, ls="--", color="gray", label="Gaussian limit")
-    left.set(xscale="log", xlabel="d", ylabel="sup_x |E[grad g]_i - closed form_i| / |w_i|",
-             title="Error of eq. (21) for d > 1")
-    right.scatter([1 - r["kappa"] for r in rows], [r["sup_abs_gap"] for r in rows], s=8, alpha=0.5)
-    right.plot([0, 1], [0, limit], ls="--", color="gray", label="Gaussian limit x (1 - kappa)")
-    right.set(xlabel="1 - kappa,  kappa = sum (w_i/|w|)^4", ylabel="sup |D|", title="Error vs spread of w")
-    left.legend(fontsize=8)
-    right.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def _plot_densities(path: Path) -> Path:
-    fig, (left, right) = _figure()
-    e = np.linspace(-8.0, 8.0, 801)
-    left.plot(e, logistic_density(e, 1.0), label="p_beta (logistic), beta = 1")
-    for name, sigma in [("paper", PAPER_SIGMA), ("variance-matched", MATCHED_SIGMA)]:
-        left.plot(e, stats.norm.pdf(e, scale=sigma), ls="--", label=f"N(0, sigma^2), {name} sigma = {sigma:.3f}")
-        right.plot(e, 1.0 / (1.0 + np.exp(-e)) - stats.norm.cdf(e / sigma), label=f"{name} sigma")
-    left.set(xlabel="eps", ylabel="density", title="Noise densities")
-    right.axhline(0.0, color="k", lw=0.5)
-    right.set(xlabel="beta x", ylabel="sigmoid(beta x) - Phi(x / sigma)", title="Difference of smoothed gradients")
-    left.legend(fontsize=8)
-    right.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    return path
