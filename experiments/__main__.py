@@ -1,4 +1,4 @@
-"""python -m experiments {all,<study>...} --out DIR [--quick] [--executor local|ray] [--seed N]
+"""python -m experiments {all,<study>...} --out DIR [--quick] [--executor local|ray] [--seed N] [--extend] [--report-only]
 
 Runs the studies (resuming any interrupted one: finished tasks are skipped), writes per study
 OUT/<study>/{config.json,results.csv,claims.json,*.png}, and a report of the claims checked.
@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from experiments.common import STUDIES, run_study, write_report
+from experiments.common import STUDIES, load_run, run_study, study, write_report
 from experiments.executors import EXECUTORS
 from geomexpl.runs import add_overwrite
 
@@ -28,6 +28,10 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda:1', ...")
     parser.add_argument("--report", type=Path, help="where to write the report (default: experiments/REPORT.md "
                         "for a full 'all' run, else OUT/REPORT.md)")
+    parser.add_argument("--report-only", action="store_true", help="run no task: re-make the figures and the report "
+                        "from the tables stored under --out (e.g. while a long run is still going)")
+    parser.add_argument("--extend", action="store_true", help="let a stored run take options that only add tasks "
+                        "(more pairs, or a study's other extendable options), keeping its finished tasks")
     add_overwrite(parser)
     return parser.parse_args(argv)
 
@@ -36,12 +40,16 @@ def main(argv=None) -> int:
     args = parse(argv)
     names = list(STUDIES) if "all" in args.studies else list(dict.fromkeys(args.studies))
     try:
-        for name in names:
+        for name in [] if args.report_only else names:
             run_study(name, args.out, quick=args.quick, seed=args.seed, executor=args.executor, device=args.device,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, extend=args.extend)
     except ValueError as err:
         print(f"python -m experiments: error: {err}", file=sys.stderr)
         return 2
+    if args.report_only:
+        for name in names:
+            if (args.out / name / "config.json").is_file():
+                study(name).figures(load_run(name, args.out))
     report = args.report or (REPORT if "all" in args.studies and not args.quick else args.out / "REPORT.md")
     print(f"report: {write_report(args.out, names, report)}")
     return 0

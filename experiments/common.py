@@ -37,7 +37,7 @@ from experiments.stats import VERDICTS, combine, describe, median_ci, rate_ci, r
 
 STUDIES = ("fig2_qualitative", "fig3_similarity", "fig4_beta_undo", "fig5_smoothed_attacks", "cost",
            "fig7_pixel_flipping", "supp_architectures", "supp_second_dataset", "supp_ghorbani",
-           "supp_output_change", "orthogonality", "sixt_sanity", "photos")
+           "supp_output_change", "orthogonality", "sixt_sanity", "photos", "perceptibility", "depth")
 PAPER_METHODS = ("gradient", "grad_x_input", "integrated_gradients", "lrp", "guided_backprop",
                  "pattern_attribution")
 
@@ -67,13 +67,13 @@ def batches(n: int, size: int) -> list[tuple[int, int]]:
 # --- models, data and the attack, cached per process ------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def model(arch: str, dataset: str, device: str) -> torch.nn.Module:
-    return nets.pretrained(arch, dataset, progress=False).to(device)
+def model(arch: str, dataset: str, device: str, size: int | None = None) -> torch.nn.Module:
+    return nets.pretrained(arch, dataset, progress=False, size=size).to(device)
 
 
 @functools.lru_cache(maxsize=None)
-def images(dataset: str, split: str, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = data.load(dataset, split)
+def images(dataset: str, split: str, device: str, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = data.load(dataset, split, size)
     return x.to(device), y.to(device)
 
 
@@ -83,14 +83,14 @@ def bounds(dataset: str) -> tuple[float, float]:
 
 
 @functools.lru_cache(maxsize=None)
-def method_options(method: str, arch: str, dataset: str, device: str) -> dict:
+def method_options(method: str, arch: str, dataset: str, device: str, size: int | None = None) -> dict:
     """Options a method needs besides the model: PatternNet/PatternAttribution's patterns, fitted
     on the training set."""
     if method not in ("pattern_net", "pattern_attribution"):
         return {}
     from geomexpl.explain import fit_patterns
 
-    return {"patterns": fit_patterns(model(arch, dataset, device), images(dataset, "train", device)[0])}
+    return {"patterns": fit_patterns(model(arch, dataset, device, size), images(dataset, "train", device, size)[0])}
 
 
 def pairs(dataset: str, n: int, seed: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,25 +99,34 @@ def pairs(dataset: str, n: int, seed: int, device: str) -> tuple[torch.Tensor, t
 
 
 def attack_batch(cfg: dict, method: str, start: int, stop: int, device, *, arch: str = "vgg",
-                 dataset: str = "digits", steps: int | None = None, lr: float | None = None,
-                 **attack_options) -> tuple[attack.AttackResult, list[dict]]:
+                 dataset: str = "digits", size: int | None = None, steps: int | None = None,
+                 lr: float | None = None, preset: attack.Preset | None = None, rate: str | None = None,
+                 net: torch.nn.Module | None = None, **attack_options) -> tuple[attack.AttackResult, list[dict]]:
     """Attack pairs ``start..stop-1`` of the run's seeded pairs with ``method``; the target is the
-    (equally smoothed) map of the other image. Returns the result and its tidy rows."""
+    (equally smoothed) map of the other image. Returns the result and its tidy rows.
+
+    Left-out options come from ``preset`` (default: the method's row of Table 1, 4 or 5): its steps
+    unless ``cfg['steps']`` is set, its rate in the convention ``cfg['rate']`` ('table' as printed,
+    'unit' x 0.226 for [0, 1] pixels; see geomexpl.attack.presets; ``rate`` overrides it) times
+    ``cfg['lr_scale']``. ``net``: a model of the study's own instead of the zoo net ``arch``."""
     dev = str(device)
-    net, (x, _) = model(arch, dataset, dev), images(dataset, "test", dev)
+    x = images(dataset, "test", dev, size)[0]
     first, second = pairs(dataset, cfg["n"], cfg["seed"], dev)
     ids = list(range(start, stop))
-    opts = method_options(method, arch, dataset, dev)
+    if net is not None and method in ("pattern_net", "pattern_attribution"):
+        raise ValueError(f"{method} needs patterns fitted on the zoo net; attack_batch fits none for a given net")
+    net = model(arch, dataset, dev, size) if net is None else net
+    opts = method_options(method, arch, dataset, dev, size)
     smooth = {k: attack_options[k] for k in ("smooth_beta", "smoothgrad", "noise_level") if k in attack_options}
     target = attack.explanation_target(net, x[second[ids]], method, bounds=bounds(dataset),
                                        beta=smooth.get("smooth_beta"), smoothgrad=smooth.get("smoothgrad"),
                                        noise_level=smooth.get("noise_level", 0.2), **opts)
-    steps = steps or cfg["steps"]
-    table_lr = attack.preset(method, smoothgrad=bool(smooth.get("smoothgrad")),
-                             smooth_beta=smooth.get("smooth_beta") is not None).lr
-    lr = lr or table_lr * cfg.get("lr_scale", 1.0)
+    row = preset or attack.preset(method, smoothgrad=bool(smooth.get("smoothgrad")),
+                                  smooth_beta=smooth.get("smooth_beta") is not None)
+    steps = steps or cfg.get("steps") or row.steps
+    lr = lr or row.rate(rate or cfg.get("rate", "table")) * cfg.get("lr_scale", 1.0)
     result = attack.manipulate(net, x[first[ids]], target, method, steps=steps, lr=lr, bounds=bounds(dataset),
-                               **attack_options, **opts)
+                               preset=row, **attack_options, **opts)
     extra = {"image_pcc": metrics.pcc(result.x_adv, result.x), "map_pcc_before": metrics.pcc(result.map_x, target),
              "map_ssim_before": metrics.ssim(result.map_x, target)}
     extra = {k: v.detach().cpu().tolist() for k, v in extra.items()}
@@ -125,9 +134,6 @@ def attack_batch(cfg: dict, method: str, start: int, stop: int, device, *, arch:
              "lr": lr, "image_index": int(first[row["example"]]), "target_index": int(second[row["example"]])}
             for i, row in enumerate(result.table(offset=start))]
     return result, rows
-
-
-ARCH_BETA_GROWTH = {"densenet": (30.0, 300.0)}  # supplement C.1: DenseNet needs a larger beta
 
 
 def attack_tasks(cfg: dict, methods, archs=("vgg",), datasets=("digits",), variants=("plain",)) -> list[dict]:
@@ -141,19 +147,23 @@ def attack_tasks(cfg: dict, methods, archs=("vgg",), datasets=("digits",), varia
 def variant_options(cfg: dict, variant: str, method: str, arch: str, dataset: str, device: str) -> dict:
     """Attack options of a variant: 'plain'; 'beta' (attack the beta=0.8-smoothed method, supplement
     D); 'smoothgrad' (attack SmoothGrad with cfg['sg_samples'] samples); 'logits' (keep the
-    pre-activations constant with Table 2's output factor 10 instead of 1e6)."""
+    pre-activations constant with Table 2's output factor 10 instead of 1e6); 'table2' (Table 2's
+    row of ``arch``); 'table3' (Table 3's row where it has the method, else the plain one)."""
     opts: dict = {}
-    if arch in ARCH_BETA_GROWTH and method != "lrp" and variant != "beta":
-        opts["beta_growth"] = ARCH_BETA_GROWTH[arch]
+    if arch in attack.presets.ARCH_BETA_GROWTH and method != "lrp" and variant != "beta":
+        opts["beta_growth"] = attack.presets.ARCH_BETA_GROWTH[arch]
     if variant == "beta":
         opts["smooth_beta"] = attack.SMOOTHING_BETA
     elif variant == "smoothgrad":
         opts.update(smoothgrad=cfg["sg_samples"], noise_level=cfg.get("noise_level", 0.2))
     elif variant == "logits":
-        x = images(dataset, "test", device)[0]
-        num_outputs = model(arch, dataset, device)(x[:1]).shape[1]
-        w_expl, _ = attack.loss_weights(x[0, 0].numel(), num_outputs)
-        opts.update(output="logits", weights=(w_expl, 10.0 * num_outputs / 1000))
+        row, table2 = attack.preset(method), attack.presets.TABLE2["vgg"]
+        opts["preset"] = row.with_(factors=(row.factors[0], table2.factors[1]), output=table2.output)
+    elif variant == "table2":
+        opts["preset"] = attack.preset(method, table=2, arch=arch)
+    elif variant == "table3":
+        if method in attack.presets.TABLE3:
+            opts["preset"] = attack.preset(method, table=3)
     elif variant != "plain":
         raise ValueError(f"unknown attack variant {variant!r}")
     return opts
@@ -163,11 +173,12 @@ def run_attack_task(cfg: dict, task: dict, device, workdir: Path) -> list[dict]:
     """The task of :func:`attack_tasks`; with cfg['save_tensors'] the images and maps are kept for figures."""
     opts = variant_options(cfg, task["variant"], task["method"], task["arch"], task["dataset"], str(device))
     result, rows = attack_batch(cfg, task["method"], task["start"], task["stop"], device, arch=task["arch"],
-                                dataset=task["dataset"], **opts)
+                                dataset=task["dataset"], rate=task.get("rate"), **opts)
     if cfg.get("save_tensors"):
         save_tensors(tensor_path(workdir, task), **{k: getattr(result, k) for k in
                                                      ("x", "x_adv", "map_x", "map_adv", "target_map")})
-    return [{**row, "variant": task["variant"]} for row in rows]
+    by_rate = {"rate": task["rate"]} if "rate" in task else {}  # tasks of a study that runs both conventions
+    return [{**row, "variant": task["variant"], **by_rate} for row in rows]
 
 
 def tensor_path(workdir: Path, task: dict) -> Path:
@@ -240,14 +251,22 @@ def execute(name: str, cfg: dict, workdir: str, device: str, task: dict) -> list
 
 
 def run_study(name: str, out: Path, *, quick: bool = False, seed: int = 0, executor: str = "local",
-              device: str = "auto", overwrite: bool = False) -> Run:
-    """Run the pending tasks of study ``name`` under ``out/name`` and make its figures and claims."""
+              device: str = "auto", overwrite: bool = False, extend: bool = False) -> Run:
+    """Run the pending tasks of study ``name`` under ``out/name`` and make its figures and claims.
+
+    ``extend``: a stored run whose options differ only in the study's ``EXTENDS`` keys (default 'n'
+    and 'note': options that add tasks without changing finished ones) takes the new options and
+    keeps its finished tasks."""
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {sorted(EXECUTORS)}, got {executor!r}")
     module = study(name)
     cfg = {"study": name, "quick": quick, "seed": seed, **module.config(quick)}
     workdir = Path(out) / name
-    runs.start_run(workdir, {"command": "experiments", **cfg}, seed, runs.resolve_device(device), overwrite=overwrite)
+    resolved = runs.resolve_device(device)
+    if extend:
+        extend_run(workdir, {"command": "experiments", **cfg, "device_type": resolved.type},
+                   getattr(module, "EXTENDS", ("n", "note")))
+    runs.start_run(workdir, {"command": "experiments", **cfg}, seed, resolved, overwrite=overwrite)
     table = runs.ResultTable(workdir / "results.csv", key=("task",))
     planned = module.tasks(cfg)
     pending = [t for t in planned if not table.done(task=t["task"])]
@@ -260,6 +279,20 @@ def run_study(name: str, out: Path, *, quick: bool = False, seed: int = 0, execu
     module.figures(run)
     runs.write_json(workdir / "claims.json", module.claims(run))
     return run
+
+
+def extend_run(workdir: Path, options: dict, keys) -> None:
+    """Give the stored run in ``workdir`` the new ``options`` when they differ only in ``keys``
+    (pairs are drawn prefix-stably and tasks seeded by their key, so finished tasks stay valid)."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text())
+    differ = {k for k in set(stored["options"]) | set(options) if stored["options"].get(k) != options.get(k)}
+    if differ - set(keys):
+        raise ValueError(f"cannot extend {workdir}: its options differ in {sorted(differ - set(keys))}, which "
+                         f"change finished tasks (only {sorted(keys)} may change); use another --out or --overwrite")
+    runs.write_json(path, {**stored, "options": options})
 
 
 def load_run(name: str, out: Path) -> Run:
@@ -288,7 +321,8 @@ def budget(run: Run) -> str:
     parts = []
     size = next((run.cfg[k] for k in ("n", "images", "batch") if k in run.cfg), None)  # pairs, else images
     if size is not None:
-        parts.append(f"N={size}")
+        more = ", ".join(f"{m} {n}" for m, n in run.cfg.get("n_by_method", {}).items())
+        parts.append(f"N={size}" + (f" ({more})" if more else ""))
     steps, lrs = distinct("steps") or ([float(run.cfg["steps"])] if "steps" in run.cfg else []), distinct("lr")
     if steps:
         parts.append("steps " + ", ".join(f"{s:g}" for s in steps))
@@ -310,11 +344,15 @@ def report_lines(out: Path, names) -> tuple[list[str], dict[str, list[str]]]:
              f"Generated by `python -m experiments ... --out {out}` from the result tables committed under `{out}` "
              "(each study's `results.csv` and `config.json`); every number below is computed from those tables, "
              "and `tests/test_experiments.py` re-derives this file from them. Setup: the papers use ImageNet "
-             "VGG-16 (and ResNet-18, AlexNet, DenseNet-121, CIFAR-10) with 100 pairs and 1500 Adam steps per "
-             "method; this run uses geomexpl's bundled 32x32 digits and faces zoo nets on a shared 2-core CPU, so "
-             "N and the number of steps are much smaller (stated per study) and the learning rates of the "
-             "supplement's tables are scaled up to make up for fewer steps. Wall time is the sum of the tasks' "
-             "times on that shared CPU (model loading included in each study's first task).", "",
+             "VGG-16 (and ResNet-18, AlexNet, DenseNet-121, CIFAR-10) with 100 pairs per method and the steps and "
+             "rates of the supplement's Tables 1-5; here geomexpl's bundled 32x32 digits and faces zoo nets (and the "
+             "64x64 / 128x128 photo nets) run on a shared 2-core CPU. Each study states its own budget (N, steps, "
+             "learning rates, wall time), read from its table. Studies at the paper's budget take their table's "
+             "steps and its rate in [0, 1] units: the tables' rates are Adam steps on ImageNet-normalised pixels "
+             "(std 0.226), so the rate x 0.226 is the same step on [0, 1] pixels (`geomexpl.attack.presets`; "
+             "fig3_similarity also runs the rates as printed). A study whose run note gives fewer steps or '2x/3x the Table-1 "
+             "rate' or fewer steps was run before the paper-budget presets and is not yet re-run. Wall time is the "
+             "sum of the tasks' times on that shared CPU (model loading included in each study's first task).", "",
              rule_text(), "", "VERDICTS", ""]
     tally = dict.fromkeys(VERDICTS, 0)
     shown: dict[str, list[str]] = {}

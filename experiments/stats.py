@@ -31,6 +31,7 @@ THRESHOLDS = {  # name: (value, what it separates); the only thresholds any verd
     "difference": (0.0, "a paired difference: one arm above the other"),
     "csc": (0.99, "median |cos| of propagated random relevance vectors: converged (Sixt et al. sec. 4)"),
     "chance_cosine": (2.0, "|cos| in units of the |cos| of random directions: orthogonal up to chance"),
+    "spearman": (0.0, "Spearman's rho of a quantity against a setting: it grows (above) or falls (below)"),
 }
 VERDICTS = ("agree", "disagree", "inconclusive", "not run")
 
@@ -87,6 +88,36 @@ def paired_difference(a, b, statistic=np.median) -> Interval:
     if a.shape != b.shape:
         raise ValueError(f"paired arms need the same examples, got shapes {a.shape} and {b.shape}")
     return bootstrap(a - b, statistic)
+
+
+def spearman_ci(x, y, *, resamples: int = RESAMPLES, seed: int = SEED) -> Interval:
+    """Spearman's rho of the points (x_i, y_i) with a paired percentile-bootstrap interval (points
+    resampled with both coordinates; resamples where x or y is constant are dropped)."""
+    from scipy.stats import rankdata
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"spearman_ci needs two 1-d arrays of one length, got shapes {x.shape} and {y.shape}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+
+    def rho(a, b):  # rows of a and b: resamples; Pearson's r of the ranks
+        ra, rb = rankdata(a, axis=-1), rankdata(b, axis=-1)
+        ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (ra * rb).sum(-1) / np.sqrt((ra ** 2).sum(-1) * (rb ** 2).sum(-1))
+
+    if x.size < 2:
+        return Interval(float("nan"), float("nan"), float("nan"), int(x.size))
+    estimate = float(rho(x, y))
+    if x.size < MIN_N:
+        return Interval(estimate, float("nan"), float("nan"), int(x.size))
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(resamples, x.size))
+    stats = rho(x[idx], y[idx])
+    stats = stats[np.isfinite(stats)]
+    tail = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(stats, [tail, 1 - tail])
+    return Interval(estimate, float(low), float(high), int(x.size))
 
 
 def threshold(name: str) -> float:

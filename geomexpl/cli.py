@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("demo", "train", "attack", "curvature", "sanity")
+COMMANDS = ("demo", "train", "attack", "curvature", "sanity", "robust")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         from geomexpl.numerics import deterministic
 
         deterministic(getattr(args, "seed", 0))
+    from geomexpl.nets import UnsupportedActivationError  # a TypeError: a kinked activation, named
+
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError, UnsupportedActivationError) as err:
         print(f"geomexpl {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -85,3 +85,28 @@ def test_combine(parts, expected):
 def test_describe_labels_percentiles_and_interval():
     text = stats.describe(np.arange(10.0))
     assert "95% CI" in text and "10th-90th percentile" in text and "n=10" in text
+
+
+@given(st.lists(st.tuples(st.integers(0, 6), st.floats(-5, 5)), min_size=3, max_size=30))
+@settings(max_examples=40, deadline=None)
+def test_spearman_estimate_is_scipys(points):
+    from scipy.stats import spearmanr
+
+    x, y = (np.array(v, dtype=float) for v in zip(*points))
+    ci = stats.spearman_ci(x, y)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return  # rho is undefined for a constant coordinate
+    assert ci.estimate == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+    if np.isfinite(ci.low):
+        assert ci.low - 1e-12 <= ci.estimate <= ci.high + 1e-12 or ci.high - ci.low < 1e-9
+
+
+def test_spearman_verdict_sees_a_trend_and_its_reverse_and_not_noise():
+    """The depth study's verdict can fail: a falling quantity disagrees, pure noise is inconclusive."""
+    depth = np.repeat([4, 8, 11, 13, 16, 19], 3).astype(float)
+    noise = np.random.default_rng(0).normal(scale=0.3, size=depth.size)
+    assert verdict(stats.spearman_ci(depth, depth / 10 + noise), "spearman") == "agree"
+    assert verdict(stats.spearman_ci(depth, -depth / 10 + noise), "spearman") == "disagree"
+    unrelated = np.random.default_rng(3).normal(size=depth.size)  # sample rho 0.03: no trend to find
+    assert verdict(stats.spearman_ci(depth, unrelated), "spearman") == "inconclusive"
+    assert not np.isfinite(stats.spearman_ci([1, 2, 3], [1, 2, 3]).low)  # fewer than MIN_N points: no interval

@@ -64,7 +64,7 @@ def test_quick_run_writes_table_config_figure_claims_and_report(tmp_path, capsys
     out = tmp_path / "fig3_similarity"
     rows = _rows(out / "results.csv")
     cfg = json.loads((out / "config.json").read_text())
-    assert len(rows) == cfg["options"]["n"] * len(cfg["options"]["methods"])
+    assert len(rows) == cfg["options"]["n"] * len(cfg["options"]["methods"]) * len(cfg["options"]["rates"])
     assert cfg["seed"] == 3 and cfg["device"] in ("cpu", "cuda") and "torch" in cfg["versions"]
     assert all(float(r["class_kept"]) in (0.0, 1.0) and -1 <= float(r["map_pcc"]) <= 1 for r in rows)
     assert (out / "maps.png").stat().st_size > 0 and (out / "images.png").stat().st_size > 0

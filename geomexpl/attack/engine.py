@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from geomexpl import metrics
-from geomexpl.attack.presets import loss_weights, preset
+from geomexpl.attack.presets import Preset, preset as table_row
 from geomexpl.attack.surrogate import fold_batchnorm, on_device
 from geomexpl.checks import channel_bounds, check_eval, check_in_range, check_tensor
 from geomexpl.explain import METHODS, explain, explain_trusted, relevance_map, relevance_map_trusted, resolve_target
@@ -102,20 +102,22 @@ def _data_range(bounds) -> float:
 def manipulate(model: nn.Module, x: torch.Tensor, target_map: torch.Tensor, method: str, *, target=None,
                steps: int | None = None, lr: float | None = None, weights: tuple[float, float] | None = None,
                beta_growth: tuple[float, float] | None | str = "preset", smooth_beta: float | None = None,
-               smoothgrad: int | None = None, noise_level: float = 0.2, output: str = "softmax",
+               smoothgrad: int | None = None, noise_level: float = 0.2, output: str | None = None,
                bounds=(0.0, 1.0), linf: float | None = None, l2: float | None = None,
                record_every: int = 0, generator: torch.Generator | None = None, progress: bool = False,
-               **method_options) -> AttackResult:
+               preset: Preset | None = None, **method_options) -> AttackResult:
     """Manipulate ``x`` [B, ...] so that the map of ``method`` matches ``target_map`` [B, H, W].
 
-    Options left out take the supplement's preset for the method (Table 1; Table 4 with
-    ``smoothgrad``; Table 5 with ``smooth_beta``, whose paper value is 0.8). ``weights`` = (w_expl,
-    w_out) default to the reference factors rescaled to the map size (see presets). ``beta_growth``
-    (beta0, beta_e) or None for the plain ReLU model; ``output`` 'softmax' (reference code) or
-    'logits' (supplement C). ``record_every=k`` keeps x_adv every k steps in ``result.path``.
+    Options left out (steps, lr, weights, beta_growth, output) take ``preset``, a supplement row
+    such as ``attack.preset('gradient', table=2, arch='resnet')``; by default the method's row of
+    Table 1 (Table 4 with ``smoothgrad``; Table 5 with ``smooth_beta``, whose paper value is 0.8).
+    ``weights`` = (w_expl, w_out) default to the row's factors rescaled to the map size and output
+    count (see presets); ``lr`` to its printed rate. ``beta_growth`` (beta0, beta_e) or None for the
+    plain ReLU model; ``output`` 'softmax' (reference code) or 'logits' (supplement C).
+    ``record_every=k`` keeps x_adv every k steps in ``result.path``.
     """
     cfg = _config(model, x, target_map, method, steps, lr, weights, beta_growth, smooth_beta, smoothgrad,
-                  noise_level, output, bounds, linf, l2, record_every, method_options)
+                  noise_level, output, bounds, linf, l2, record_every, method_options, preset)
     target = resolve_target(model, x, target)  # validated once here; steps use the unchecked paths
     target_map = target_map.detach().to(x)  # a constant of the loss: its graph is never backpropagated
     target_map = target_map / target_map.flatten(1).sum(1).view(-1, 1, 1)
@@ -154,7 +156,7 @@ def manipulate(model: nn.Module, x: torch.Tensor, target_map: torch.Tensor, meth
 
 
 def _config(model, x, target_map, method, steps, lr, weights, beta_growth, smooth_beta, smoothgrad,
-            noise_level, output, bounds, linf, l2, record_every, method_options) -> AttackConfig:
+            noise_level, output, bounds, linf, l2, record_every, method_options, row) -> AttackConfig:
     """Validate every input before any work, and fill in the presets."""
     if method not in METHODS:
         raise ValueError(f"unknown explanation method {method!r}; available: {sorted(METHODS)}")
@@ -165,7 +167,10 @@ def _config(model, x, target_map, method, steps, lr, weights, beta_growth, smoot
     check_in_range(x, *bounds, name="x")
     check_tensor(target_map, "target_map", min_dim=2)
     check_eval(model, "manipulate")
-    row = preset(method, smoothgrad=bool(smoothgrad), smooth_beta=smooth_beta is not None)
+    if row is not None and not isinstance(row, Preset):
+        raise TypeError(f"preset must be a geomexpl.attack.Preset (attack.preset(...)), got {type(row).__name__}")
+    row = row or table_row(method, smoothgrad=bool(smoothgrad), smooth_beta=smooth_beta is not None)
+    output = output or row.output
     growth = row.beta_growth if beta_growth == "preset" else beta_growth
     with torch.no_grad():  # with beta growth, the twin's first forward names a network it cannot smooth
         num_outputs = (softplus_twin(model, growth[0]) if growth else model)(x[:1].detach()).shape[1]
@@ -185,7 +190,7 @@ def _config(model, x, target_map, method, steps, lr, weights, beta_growth, smoot
     for name, value in (("steps", steps), ("lr", lr), ("linf", linf), ("l2", l2), ("smooth_beta", smooth_beta)):
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be positive, got {value}")
-    w_expl, w_out = weights or loss_weights(math.prod(map_shape[1:]), num_outputs)
+    w_expl, w_out = weights or row.weights(math.prod(map_shape[1:]), num_outputs)
     return AttackConfig(method=method, steps=steps or row.steps, lr=lr or row.lr, w_expl=w_expl, w_out=w_out,
                         beta_growth=tuple(growth) if growth else None, output=output, smooth_beta=smooth_beta,
                         smoothgrad=smoothgrad, noise_level=noise_level, linf=linf, l2=l2,

@@ -19,9 +19,17 @@ def _conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> li
             nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
-def vgg(in_channels: int = 1, num_classes: int = 10, width: int = 16, size: int = 32) -> nn.Sequential:
-    """VGG-16-style: 13 conv+BN+ReLU in 5 max-pooled stages, then 3 dense layers."""
-    plan = [1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8, "M"]
+VGG16_PLAN = (1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8, "M")  # width multiples, "M" = max-pool
+DEPTH_STAGES = {  # conv layers per pooled stage of the depth study's VGG-style nets, by total conv depth
+    4: (1, 1, 1, 1, 0), 8: (1, 1, 2, 2, 2), 11: (1, 2, 2, 3, 3), 13: (2, 2, 3, 3, 3), 16: (2, 2, 4, 4, 4),
+    19: (3, 3, 4, 4, 5),
+}
+
+
+def vgg(in_channels: int = 1, num_classes: int = 10, width: int = 16, size: int = 32,
+        plan=VGG16_PLAN) -> nn.Sequential:
+    """VGG-style: conv+BN+ReLU layers of ``width`` x the plan's multiples in 5 max-pooled stages, then
+    3 dense layers; the default plan is VGG-16's 13 convolutions."""
     layers: list[nn.Module] = []
     c = in_channels
     for item in plan:
@@ -33,6 +41,18 @@ def vgg(in_channels: int = 1, num_classes: int = 10, width: int = 16, size: int 
     layers += [nn.Flatten(), nn.Linear(c * (size // 32) ** 2, 128), nn.ReLU(), nn.Dropout(0.3),
                nn.Linear(128, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, num_classes)]
     return nn.Sequential(*layers)
+
+
+def vgg_of_depth(depth: int, in_channels: int = 1, num_classes: int = 10, width: int = 16,
+                 size: int = 32) -> nn.Sequential:
+    """A VGG-style net of ``depth`` convolutions (a key of :data:`DEPTH_STAGES`), all ``width`` wide,
+    in 5 max-pooled stages: the depth study's nets (VGG-11/16/19's plans at depths 8/13/16)."""
+    if depth not in DEPTH_STAGES:
+        raise ValueError(f"depth must be one of {sorted(DEPTH_STAGES)}, got {depth!r}")
+    plan = [item for n in DEPTH_STAGES[depth] for item in (1,) * n + ("M",)]
+    model = vgg(in_channels, num_classes, width, size, plan)
+    model.register_forward_pre_hook(InputCheck(f"vgg-{depth}", in_channels, size))
+    return model
 
 
 def alexnet(in_channels: int = 1, num_classes: int = 10, width: int = 16, size: int = 32) -> nn.Sequential:
