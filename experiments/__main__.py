@@ -1,4 +1,5 @@
-"""python -m experiments {all,<study>...} --out DIR [--quick] [--executor local|ray] [--seed N] [--extend] [--report-only]
+"""python -m experiments {all,<study>...} --out DIR [--quick] [--executor local|ray] [--seed N] [--extend]
+[--report-only]
 
 Runs the studies (resuming any interrupted one: finished tasks are skipped), writes per study
 OUT/<study>/{config.json,results.csv,claims.json,*.png}, and a report of the claims checked.

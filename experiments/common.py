@@ -37,7 +37,7 @@ from experiments.stats import VERDICTS, combine, describe, median_ci, rate_ci, r
 
 STUDIES = ("fig2_qualitative", "fig3_similarity", "fig4_beta_undo", "fig5_smoothed_attacks", "cost",
            "fig7_pixel_flipping", "supp_architectures", "supp_second_dataset", "supp_ghorbani",
-           "supp_output_change", "orthogonality", "sixt_sanity", "photos", "perceptibility", "depth")
+           "supp_output_change", "orthogonality", "sixt_sanity", "photos", "perceptibility", "depth", "robust_sweep")
 PAPER_METHODS = ("gradient", "grad_x_input", "integrated_gradients", "lrp", "guided_backprop",
                  "pattern_attribution")
 

@@ -61,7 +61,8 @@ def weight_file(workdir: Path, depth: int, seed: int) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def depth_net(workdir: str, depth: int, seed: int, width: int, epochs: int, device: str) -> tuple[torch.nn.Module, dict]:
+def depth_net(workdir: str, depth: int, seed: int, width: int, epochs: int,
+              device: str) -> tuple[torch.nn.Module, dict]:
     """The trained net of (depth, seed) and its training metadata: loaded from the run folder, else
     trained (seeded, +-2 pixel shifts, Adam; geomexpl.nets.weights.train) and saved there atomically."""
     from geomexpl.nets import load_weights, save_weights, vgg_of_depth, weights
@@ -154,6 +155,7 @@ def claims(run) -> list[dict]:
                             for d in dict.fromkeys(p[0] for p in points))
         out.append(claim(what, paper, f"Spearman rho of depth against the per-net median, {rho}; median over seeds by "
                          f"depth: {medians}", verdict(rho, "spearman"),
-                         f"{len(points)} nets ({len(run.cfg['seeds'])} seeds x {len(run.cfg['depths'])} depths planned)",
+                         f"{len(points)} nets ({len(run.cfg['seeds'])} seeds x {len(run.cfg['depths'])} depths "
+                         "planned)",
                          "depth.png"))
     return out

@@ -22,7 +22,8 @@ def config(quick: bool) -> dict:
     if quick:
         return {"methods": methods[:2], "missing": missing, "n": 2, "n_by_method": {}, "batch": 2, "steps": 3,
                 "rates": ["unit", "table"], "note": "quick: 2 pairs, 3 steps."}
-    return {"methods": methods, "missing": missing, "n": 32, "n_by_method": {"gradient": 100, "lrp": 100},
+    return {"methods": methods, "missing": missing, "n": 100,  # pairs drawn; methods but gradient and LRP use 32
+            "n_by_method": {m: 32 for m in methods if m not in ("gradient", "lrp")},
             "batch": 32, "rates": ["unit", "table"],
             "note": "digits VGG-16-style net, Table 1's preset (1500 Adam steps, integrated gradients 500; beta growth "
                     "10 -> 100 but for LRP), N=100 pairs for gradient and LRP and N=32 for the other methods (paper: "

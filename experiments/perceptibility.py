@@ -103,8 +103,8 @@ def claims(run) -> list[dict]:
                 continue
             parts = {"map PCC": verdict(row[top]["map_pcc"], "map_pcc"),
                      "class kept": verdict(row[top]["kept"], "class_kept")}
-            ours = "; ".join(f"{b}/255: PCC {c['map_pcc']} (before {c['before']:.2f}), L-inf {c['linf'] * 255:.2f}/255, "
-                             f"class kept {c['kept'].estimate:.0%}" for b, c in row.items())
+            ours = "; ".join(f"{b}/255: PCC {c['map_pcc']} (before {c['before']:.2f}), L-inf "
+                             f"{c['linf'] * 255:.2f}/255, class kept {c['kept'].estimate:.0%}" for b, c in row.items())
             other = "; ".join(f"{b}/255: {verdict(c['map_pcc'], 'map_pcc')}" for b, c in row.items() if b != top)
             out.append(claim(f"{dataset}, {method}: under L-inf {top}/255 the map still follows the target",
                              "hardly perceptible perturbations suffice (no budget stated)", ours,

@@ -234,12 +234,13 @@ def size_claims(run) -> list[dict]:
 
 def claims(run) -> list[dict]:
     run = _with_sizes(run)
-    return size_claims(run) + [manipulation_claim(run, f"photos {row['size']}x{row['size']}, {row['method']}, {row['lr_name']} rate "
-                               f"{row['lr']:.3g}", "manipulation.png" if row["size"] == 64 else
-                               f"manipulation_{row['size']}.png", "Fig. 2-3: target emulated, perturbation hardly "
-                               "perceptible (ImageNet, 1500 steps)", size=row["size"], method=row["method"],
-                               lr_name=row["lr_name"])
-            for row in summary_rows(run)]
+    paper = "Fig. 2-3: target emulated, perturbation hardly perceptible (ImageNet, 1500 steps)"
+    return size_claims(run) + [
+        manipulation_claim(run, f"photos {row['size']}x{row['size']}, {row['method']}, {row['lr_name']} rate "
+                           f"{row['lr']:.3g}", "manipulation.png" if row["size"] == 64 else
+                           f"manipulation_{row['size']}.png", paper, size=row["size"], method=row["method"],
+                           lr_name=row["lr_name"])
+        for row in summary_rows(run)]
 
 
 def summarise_partial(out: Path):

@@ -141,3 +141,16 @@ def test_ghorbani_raises_relevance_in_region_and_keeps_the_class():
     assert inside(x_adv).mean() > inside(x).mean() + 0.02
     assert (model(x_adv).argmax(1) == model(x).argmax(1)).all()
     assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_without_beta_growth_a_twin_is_attacked_as_it_is_not_as_its_relu_base():
+    """beta_growth=None means "differentiate the given model": for a softplus twin that is the twin.
+    Only the explanation term is on, so the ReLU base (whose gradient map is piecewise constant in x)
+    would give a zero step: x_adv would stay x."""
+    from geomexpl.nets import softplus_twin
+
+    twin, x, t = softplus_twin(small_cnn(), 3.0), batch(2), target_maps(2)
+    result = manipulate(twin, x, t, "gradient", steps=1, lr=1e-3, beta_growth=None, weights=(1.0, 0.0))
+    assert (result.x_adv - x).abs().max() > 1e-4
+    base = manipulate(small_cnn(), x, t, "gradient", steps=1, lr=1e-3, beta_growth=None, weights=(1.0, 0.0))
+    assert (base.x_adv - x).abs().max() == 0  # the control: the ReLU net itself gives no step

@@ -11,7 +11,8 @@ from geomexpl.attack.presets import TABLE2, TABLE3
 
 def tiny_net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval().requires_grad_(False)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    return net.double().eval().requires_grad_(False)
 
 
 def inputs(n=2):

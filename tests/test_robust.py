@@ -229,6 +229,20 @@ def test_strength_zero_equals_plain_including_batch_norm_statistics(defence):
     assert not torch.equal(plain[0].weight, some[0].weight)
 
 
+@pytest.mark.parametrize("defence,strength", [("plain", 0), ("alignment", 1e-2), ("weight_decay", 1e-3)])
+def test_fine_tuning_keeps_the_batch_norm_statistics_it_starts_from(defence, strength):
+    """The cross-entropy and the penalty see one function (running statistics): fine-tuning with batch
+    statistics in one and running ones in the other wrecked the deployed model's accuracy."""
+    model = bn_cnn()
+    with torch.no_grad():  # running statistics unlike any batch's, so batch-statistics training would move them
+        model[1].running_mean.fill_(0.3)
+        model[1].running_var.fill_(2.0)
+    tuned, _ = finetune(model, "digits", defence, strength, epochs=1, size=8, seed=0, progress=False)
+    torch.testing.assert_close(tuned[1].running_mean, model[1].running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(tuned[1].running_var, model[1].running_var, rtol=0, atol=0)
+    assert not torch.equal(tuned[0].weight, model[0].weight)  # the weights did train
+
+
 # --- misuse and guarantees -------------------------------------------------------------------------
 
 def test_misuse_gives_clear_errors():

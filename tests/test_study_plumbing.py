@@ -123,3 +123,13 @@ def test_report_only_remakes_figures_and_report_without_running_a_task(tmp_path,
     assert main(["orthogonality", "--out", str(tmp_path), "--report-only"]) == 0
     assert (tmp_path / "orthogonality" / "orthogonality.png").stat().st_size > 0
     assert "## orthogonality:" in (tmp_path / "REPORT.md").read_text()
+
+
+@pytest.mark.parametrize("name", common.STUDIES)
+def test_no_task_asks_for_more_pairs_than_the_run_draws(name):
+    """attack_batch draws cfg['n'] seeded pairs: a task reaching past them would fail hours into a run."""
+    module = common.study(name)
+    for quick in (True, False):
+        cfg = {"study": name, "quick": quick, "seed": 0, **module.config(quick)}
+        stops = [t["stop"] for t in module.tasks(cfg) if "stop" in t]
+        assert not stops or max(stops) <= cfg["n"], (name, quick)

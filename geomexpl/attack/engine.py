@@ -215,7 +215,8 @@ class Objective:
     def __call__(self, x_adv: torch.Tensor, beta: float | None):
         """(explanation error, output error, loss), each [B], differentiable in x_adv."""
         cfg = self.cfg
-        surrogate = softplus_twin(self.net, beta)
+        # no beta: the model as given (a twin stays a twin; softplus_twin(twin, None) would be its ReLU base)
+        surrogate = self.net if beta is None else softplus_twin(self.net, beta)
         ref_out = self.fixed_ref
         if ref_out is None:
             with torch.no_grad():

@@ -35,7 +35,7 @@ def ghorbani_attack(model: nn.Module, x: torch.Tensor, region: torch.Tensor, met
     lo, hi = channel_bounds(x, *bounds)
     if not bool((lo < hi).all()):
         raise ValueError(f"bounds need lower < upper, got {bounds!r}")
-    surrogate = softplus_twin(model, beta)
+    surrogate = model if beta is None else softplus_twin(model, beta)  # None: the model as given
     x_adv = x.detach().clone()
     active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     for _ in range(steps):

@@ -10,9 +10,11 @@ The defences of :data:`DEFENCES`, each with one ``strength``:
 * ``hessian``: loss + strength * mean Hutchinson estimate of ||H||_F^2 (:func:`hessian_norm_penalty`);
 * ``alignment``: loss + strength * mean local gradient alignment (:func:`gradient_alignment_penalty`).
 
-Penalties are computed with the model in eval mode (batch norm on its running statistics, no
-dropout), so they measure the deployed function and do not touch the running statistics; the
-cross-entropy forward runs in train mode, as in :func:`geomexpl.nets.weights.train`.
+Fine-tuning keeps batch norm in eval mode (its running statistics frozen): the cross-entropy and the
+penalty then see the same deployed function. With batch statistics in the cross-entropy and running
+ones in the penalty, a penalty could flatten the deployed function while the batch-statistics one
+kept classifying (found at 1 epoch on the digits VGG: eval-mode accuracy 0.26 against 0.97).
+Dropout is on for the cross-entropy and off for the penalty.
 """
 from __future__ import annotations
 
@@ -153,20 +155,29 @@ def penalty_function(net: nn.Module, defence: str, *, probes: int = 4, hessian_m
 
 def train_step(net: nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor, penalty=None,
                strength: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One Adam step on cross-entropy (train mode) + strength * mean penalty (eval mode: the deployed
-    function, batch-norm statistics untouched); returns the detached (loss, mean penalty or None)."""
-    net.train()
+    """One Adam step on cross-entropy (dropout on) + strength * mean penalty (eval mode), batch norm
+    on its frozen running statistics in both; returns the detached (loss, mean penalty or None)."""
+    finetune_mode(net)
     loss = nn.functional.cross_entropy(net(xb), yb)
     total, pen = loss, None
     if penalty is not None:
         net.eval()
         pen = penalty(xb, yb).mean()
-        net.train()
+        finetune_mode(net)
         total = loss + strength * pen
     opt.zero_grad()
     total.backward()
     opt.step()
     return loss.detach(), None if pen is None else pen.detach()
+
+
+def finetune_mode(net: nn.Module) -> nn.Module:
+    """Train mode but for batch norm, which keeps its running statistics (eval mode)."""
+    net.train()
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return net
 
 
 def _check_forward(net: nn.Module, x1: torch.Tensor, defence: str, hessian_method: str) -> None:
