@@ -144,7 +144,7 @@ def attack_tasks(cfg: dict, methods, archs=("vgg",), datasets=("digits",), varia
             for a, b in batches(cfg["n"], cfg["batch"])]
 
 
-def variant_options(cfg: dict, variant: str, method: str, arch: str, dataset: str, device: str) -> dict:
+def variant_options(cfg: dict, variant: str, method: str, arch: str) -> dict:
     """Attack options of a variant: 'plain'; 'beta' (attack the beta=0.8-smoothed method, supplement
     D); 'smoothgrad' (attack SmoothGrad with cfg['sg_samples'] samples); 'logits' (keep the
     pre-activations constant with Table 2's output factor 10 instead of 1e6); 'table2' (Table 2's
@@ -171,7 +171,7 @@ def variant_options(cfg: dict, variant: str, method: str, arch: str, dataset: st
 
 def run_attack_task(cfg: dict, task: dict, device, workdir: Path) -> list[dict]:
     """The task of :func:`attack_tasks`; with cfg['save_tensors'] the images and maps are kept for figures."""
-    opts = variant_options(cfg, task["variant"], task["method"], task["arch"], task["dataset"], str(device))
+    opts = variant_options(cfg, task["variant"], task["method"], task["arch"])
     result, rows = attack_batch(cfg, task["method"], task["start"], task["stop"], device, arch=task["arch"],
                                 dataset=task["dataset"], rate=task.get("rate"), **opts)
     if cfg.get("save_tensors"):

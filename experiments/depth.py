@@ -137,7 +137,8 @@ def figures(run) -> None:
         ax.set_xticks(run.cfg["depths"])
         if log:
             ax.set_yscale("log")
-        ax.legend(fontsize=7)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)  # off the data
     fig.suptitle("VGG-style nets on digits, one point per (depth, seed)", fontsize=9)
     fig.savefig(run.path("depth.png"), dpi=120, bbox_inches="tight")
 

@@ -45,7 +45,7 @@ def run_task(cfg: dict, task: dict, device, workdir) -> list[dict]:
         rows = run_attack_task(cfg, task, device, workdir)
     else:
         method = task["method"]
-        opts = variant_options(cfg, task["variant"], method, "vgg", "digits", str(device))
+        opts = variant_options(cfg, task["variant"], method, "vgg")
         if task["arm"] == "linf":
             opts["linf"] = cfg["linf"] * (bounds("digits")[1][0] - bounds("digits")[0][0])
         plain = attack.preset(method)  # Table 1's row: its steps and rate for every variant of these arms

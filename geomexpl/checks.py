@@ -66,8 +66,12 @@ def check_eval(model: nn.Module, where: str) -> None:
                              "batch and change between calls; call model.eval() first")
 
 
-def check_smooth(model: nn.Module, x: torch.Tensor, where: str) -> None:
-    """Refuse a ReLU (or otherwise kinked) network where second derivatives are needed.
+CURVATURE_ADVICE = ("its level sets are piecewise flat, so every curvature would be 0 (ARPACK: 'starting vector is "
+                    "zero'). Measure its softplus twin: logit(geomexpl.nets.softplus_twin(model, beta), k)")
+
+
+def check_smooth(model: nn.Module, x: torch.Tensor, where: str, advice: str = CURVATURE_ADVICE) -> None:
+    """Refuse a ReLU (or otherwise kinked) network where second derivatives are needed, with ``advice``.
 
     A ReLU network is piecewise linear: its Hessian is zero almost everywhere, so every curvature
     would come out 0 (and ARPACK stops with 'error -9: starting vector is zero'). A softplus twin
@@ -81,9 +85,7 @@ def check_smooth(model: nn.Module, x: torch.Tensor, where: str) -> None:
     try:
         relus = count_relus(model, x[:1].detach())
     except UnsupportedActivationError as err:
-        raise ValueError(f"{where} needs a twice differentiable network: {err}") from None
+        raise ValueError(f"{where} needs a twice differentiable network: {err}; {advice}") from None
     if relus:
         raise ValueError(f"{where} needs a twice differentiable network, but this one computes {relus} ReLU(s): "
-                         "its level sets are piecewise flat, so every curvature would be 0 (ARPACK: 'starting "
-                         "vector is zero'). Measure its softplus twin: logit(geomexpl.nets.softplus_twin(model, "
-                         "beta), k)")
+                         f"{advice}")

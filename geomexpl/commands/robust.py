@@ -7,7 +7,7 @@ weight file). Defences:
 plain (none; --strength 0), weight_decay (L2 coefficient), softplus (beta: the smooth twin is
 trained), hessian (weight of the Hutchinson estimate of ||H||_F^2 of the true-class logit) and
 alignment (weight of the local gradient alignment of Joo et al. 2023). See docs/robust.md.
-Example: ``geomexpl robust --arch vgg --dataset digits --defence hessian --strength 0.1``.
+Example: ``geomexpl robust --arch vgg --dataset digits --defence hessian --strength 1e-7``.
 """
 from __future__ import annotations
 

@@ -26,11 +26,14 @@ import numbers
 import torch
 from torch import nn
 
-from geomexpl.checks import channel_bounds, check_eval, check_tensor
+from geomexpl.checks import channel_bounds, check_eval, check_smooth, check_tensor
 from geomexpl.geometry.derivatives import logit
 from geomexpl.numerics import exact_float32
 
 HESSIAN_METHODS = ("exact", "fd")
+EXACT_ADVICE = ("its exact Hessian is 0 almost everywhere, so the penalty would be 0 and train nothing. Penalise its "
+                "smooth twin (geomexpl.nets.softplus_twin(model, beta)) or use method='fd' (finite differences of "
+                "input gradients, which see the kinks)")
 ALIGNMENT_KINDS = ("l2", "cosine", "both")
 
 
@@ -54,7 +57,7 @@ def hessian_norm_penalty(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pro
     check_penalty_inputs(model, x, y, "hessian_norm_penalty")
     check_hessian_options(probes, method, h)
     if method == "exact":
-        check_twice_differentiable(model, x, "hessian_norm_penalty(method='exact')")
+        check_smooth(model, x, "hessian_norm_penalty(method='exact')", EXACT_ADVICE)
     return _hessian_norm(model, x, y, probes, method, h, generator)
 
 
@@ -142,21 +145,3 @@ def check_alignment_options(radius, kind) -> None:
         raise ValueError(f"kind must be one of {ALIGNMENT_KINDS}, got {kind!r}")
     if not (isinstance(radius, numbers.Real) and math.isfinite(radius) and radius > 0):
         raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
-
-
-def check_twice_differentiable(model: nn.Module, x: torch.Tensor, where: str) -> None:
-    """Refuse a ReLU (or otherwise kinked) net, whose exact input Hessian is 0 almost everywhere."""
-    from geomexpl.nets.softplus import SoftplusTwin, UnsupportedActivationError, count_relus
-
-    if isinstance(model, SoftplusTwin) and model.beta is not None:
-        return
-    advice = ("its exact Hessian is 0 almost everywhere, so the penalty would be 0 and train nothing. "
-              "Penalise its smooth twin (geomexpl.nets.softplus_twin(model, beta)) or use method='fd' "
-              "(finite differences of input gradients, which see the kinks)")
-    try:
-        relus = count_relus(model, x[:1].detach())
-    except UnsupportedActivationError as err:
-        raise ValueError(f"{where} needs a twice differentiable network: {err}; {advice}") from None
-    if relus:
-        raise ValueError(f"{where} needs a twice differentiable network, but this one computes {relus} "
-                         f"ReLU(s): {advice}")

@@ -30,10 +30,10 @@ import torch
 from torch import nn
 
 from geomexpl import data
-from geomexpl.checks import check_tensor
+from geomexpl.checks import check_smooth, check_tensor
 from geomexpl.nets import softplus, weights, zoo
-from geomexpl.robust.penalties import (_alignment, _hessian_norm, check_alignment_options,
-                                       check_hessian_options, check_twice_differentiable)
+from geomexpl.robust.penalties import (EXACT_ADVICE, _alignment, _hessian_norm, check_alignment_options,
+                                       check_hessian_options)
 
 DEFENCES = ("plain", "weight_decay", "softplus", "hessian", "alignment")
 PENALISED = ("hessian", "alignment")
@@ -191,7 +191,7 @@ def _check_forward(net: nn.Module, x1: torch.Tensor, defence: str, hessian_metho
             raise ValueError(f"the model must map a batch to [B, classes] logits, got "
                              f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
         if defence == "hessian" and hessian_method == "exact":
-            check_twice_differentiable(net, x1, "the hessian defence with hessian_method='exact'")
+            check_smooth(net, x1, "the hessian defence with hessian_method='exact'", EXACT_ADVICE)
     except softplus.UnsupportedActivationError as err:
         raise ValueError(f"the {defence} defence cannot use this model: {err}") from None
     finally:
