@@ -39,13 +39,12 @@ def figures(run) -> None:
     for t in done:
         row = run.select(task=t["task"])[0]
         kept = "kept" if float(row["class_kept"]) == 1 else "CHANGED"
-        labels.append(f"{t['method']}\nclass {row['target_class']} {kept}\n"
+        labels.append(f"{t['method']}\nclass {row['target_class']} {kept}, {int(float(row['steps']))} steps\n"
                       f"map PCC {float(row['map_pcc_before']):.2f} -> {float(row['map_pcc']):.2f}")
-    steps = int(float(run.rows[0]["steps"]))
     manipulation_figure(cat["x"], cat["map_x"], cat["target_map"], cat["x_adv"], cat["map_adv"],
                         run.path("manipulation.png"), row_labels=labels,
-                        title=f"one digits test pair per method, {steps} Adam steps; map PCC to the target "
-                              f"before -> after; perturbation at one scale for all rows")
+                        title="one digits test pair per method, Adam steps per row; map PCC to the target "
+                              "before -> after; perturbation at one scale for all rows")
 
 
 def claims(run) -> list[dict]:
