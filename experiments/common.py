@@ -408,4 +408,4 @@ def manipulation_claim(run: Run, label: str, figure: str, paper: str, **where) -
                  f"{np.nanmedian(run.values('map_pcc_before', **where)):.2f}; SSIM(h_adv, h_t) "
                  f"{describe(run.values('map_ssim', **where))}; SSIM(x_adv, x) {describe(run.values('image_ssim', **where))}; "
                  f"class kept {kept}", combine(parts.values()),
-                 "; ".join(f"{k}: {v}" for k, v in parts.items()) + f" ({steps} steps; paper 1500-4000)", figure)
+                 "; ".join(f"{k}: {v}" for k, v in parts.items()) + f" ({steps} steps)", figure)

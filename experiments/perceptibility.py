@@ -74,7 +74,8 @@ def figures(run) -> None:
     datasets = list(dict.fromkeys(c["dataset"] for c in table))
     if not datasets:
         return
-    fig = Figure(figsize=(4.2 * len(datasets), 3.4), layout="constrained")
+    fig = Figure(figsize=(4.2 * len(datasets), 3.6), layout="constrained")
+    colours = dict(zip(PAPER_METHODS, ("tab:blue", "tab:orange", "tab:purple", "tab:green", "tab:red", "tab:brown")))
     for ax, dataset in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets):
         for method in dict.fromkeys(c["method"] for c in table if c["dataset"] == dataset):
             row = [c for c in table if c["dataset"] == dataset and c["method"] == method]
@@ -82,13 +83,15 @@ def figures(run) -> None:
             y = np.array([c["map_pcc"].estimate for c in row])
             err = np.array([[c["map_pcc"].estimate - c["map_pcc"].low, c["map_pcc"].high - c["map_pcc"].estimate]
                             for c in row]).T
-            ax.errorbar(x, y, yerr=np.nan_to_num(err), marker="o", capsize=3, label=method)
+            ax.errorbar(x, y, yerr=np.nan_to_num(err), marker="o", capsize=3, label=method,
+                        color=colours.get(method))
         ax.axhline(0.7, color="grey", lw=0.8, ls="--")
         ax.set_xticks(run.cfg["budgets"])
         ax.set_xlabel("L-inf budget (x 1/255)")
         ax.set_ylabel("median PCC(h_adv, h_t), 95% CI")
         ax.set_title(dataset, fontsize=9)
-        ax.legend(fontsize=7)
+    shown = {label: handle for ax in fig.axes for handle, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(list(shown.values()), list(shown), loc="outside lower center", ncol=len(shown), fontsize=7)
     fig.savefig(run.path("budgets.png"), dpi=120, bbox_inches="tight")
 
 
