@@ -9,7 +9,8 @@ A study is a module of this package with
 * ``run_task(cfg, task, device, workdir) -> rows``: the work of one task, at least one tidy row,
 * ``figures(run)``: the study's figures from its table (and any tensors it kept),
 * ``claims(run) -> [claim]``: the paper's claims checked against the table alone, by the verdict
-  rule of :mod:`experiments.stats` (so the report can be re-derived from the committed tables).
+  rule of :mod:`experiments.stats` (so the report can be re-derived from the committed tables),
+* optionally ``report_table(run) -> str``: a markdown table the report shows beside the claims.
 
 :func:`run_study` writes ``OUT/<study>/config.json`` (options, seed, versions, device), appends each
 finished task's rows to ``OUT/<study>/results.csv`` (a :class:`geomexpl.runs.ResultTable` keyed by
@@ -375,6 +376,9 @@ def report_lines(out: Path, names) -> tuple[list[str], dict[str, list[str]]]:
             lines.append("| " + " | ".join(str(v).replace("|", "\\|").replace("\n", " ") for v in cells) + " |")
             if c.get("figure") and c["figure"] not in shown[name]:
                 shown[name].append(c["figure"])
+        table = getattr(study(name), "report_table", None)  # a study's numbers beside its claims, from its tables
+        if table is not None:
+            lines += ["", table(run).rstrip("\n")]
         lines += [f"\n![{name} {fig}](report_figures/{name}__{fig})" for fig in shown[name]] + [""]
     lines[lines.index("VERDICTS")] = "Claims checked: " + ", ".join(f"{v} {k}" for k, v in tally.items()) + "."
     return lines, shown

@@ -194,9 +194,18 @@ def section(rows: list[dict], accuracy: list[dict]) -> str:
         rate = f"{row['lr']:.3g}" + ("" if row["lr_name"] == "digits" else f" ({row['lr_name']})")
         lines.append(f"| {data_name} | {row['method']} | {rate} | {row['steps']} | {row['n']} | "
                      + " | ".join(_cell(row, c) for c, _ in METRICS) + f" | {row['class_kept']:.0%} |")
-    lines += ["", "| classifier | size | test accuracy |", "|---|---|---|"]
-    lines += [f"| {r['classifier']} | {r['size']} | {float(r['test_accuracy']):.1%} |" for r in accuracy]
+    if accuracy:
+        lines += ["", "| classifier | size | test accuracy |", "|---|---|---|"]
+        lines += [f"| {r['classifier']} | {r['size']} | {float(r['test_accuracy']):.1%} |" for r in accuracy]
     return "\n".join(lines) + "\n"
+
+
+def report_table(run) -> str:
+    """The report's table: photos beside digits (median map PCC, image MSE, L-inf, SSIM with intervals)
+    and the stored classifier accuracies (accuracy.csv of a full run)."""
+    path = run.path("accuracy.csv")
+    accuracy = list(csv.DictReader(path.read_text().splitlines())) if path.is_file() else []
+    return section(summary_rows(run) + digits_rows(), accuracy)
 
 
 def figures(run) -> None:
