@@ -99,6 +99,20 @@ def pairs(dataset: str, n: int, seed: int, device: str) -> tuple[torch.Tensor, t
     return attack_pairs(images(dataset, "test", device)[1].cpu(), n, seed)
 
 
+def top_curvature(cfg: dict, net: torch.nn.Module, beta: float, device: str, dataset: str = "digits"):
+    """(|kappa_max| [K], CurvatureInfo) of the softplus_beta twin of ``net`` at the first
+    ``cfg['kappa_images']`` attacked images of the run's pairs, on the level set of the class ``net``
+    predicts there (batched torch Lanczos, relative tolerance 1e-4)."""
+    from geomexpl.geometry import logit, principal_curvatures
+
+    first, _ = pairs(dataset, cfg["n"], cfg["seed"], device)
+    x = images(dataset, "test", device)[0][first[: cfg["kappa_images"]]]
+    with torch.no_grad():
+        classes = net(x).argmax(1)
+    kappa, info = principal_curvatures(logit(nets.softplus_twin(net, beta), classes), x, k=1, method="torch", tol=1e-4)
+    return kappa[:, 0].abs(), info
+
+
 def attack_batch(cfg: dict, method: str, start: int, stop: int, device, *, arch: str = "vgg",
                  dataset: str = "digits", size: int | None = None, steps: int | None = None,
                  lr: float | None = None, preset: attack.Preset | None = None, rate: str | None = None,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.common import attack_batch, batches, claim, images, pairs
+from experiments.common import attack_batch, batches, claim, top_curvature
 from experiments.stats import spearman_ci, verdict
 
 TITLE = "depth study: curvature and manipulability of VGG-style nets of 4-19 convolutions (digits)"
@@ -93,19 +93,11 @@ def run_task(cfg: dict, task: dict, device, workdir: Path) -> list[dict]:
 
 
 def _kappa_rows(cfg: dict, net, device: str, key: dict) -> list[dict]:
-    from geomexpl.geometry import logit, principal_curvatures
-    from geomexpl.nets import softplus_twin
-
-    x = images("digits", "test", device)[0]
-    first, _ = pairs("digits", cfg["n"], cfg["seed"], device)
-    x = x[first[: cfg["kappa_images"]]]
     start = time.perf_counter()
-    with torch.no_grad():
-        classes = net(x).argmax(1)
-    kappa, _ = principal_curvatures(logit(softplus_twin(net, cfg["beta"]), classes), x, k=1, method="torch", tol=1e-4)
+    kappa, _ = top_curvature(cfg, net, cfg["beta"], device)
     seconds = time.perf_counter() - start
     return [{**key, "example": i, "metric": "kappa_max", "value": float(k)} for i, k in
-            enumerate(kappa[:, 0].abs().cpu().tolist())] + [
+            enumerate(kappa.cpu().tolist())] + [
         {**key, "example": "", "metric": "kappa_seconds", "value": seconds}]
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.common import attack_batch, batches, claim, images, pairs
+from experiments.common import attack_batch, batches, claim, images, top_curvature
 from experiments.stats import paired_difference, spearman_ci, verdict
 
 TITLE = "defences by training: curvature, manipulability and accuracy of fine-tuned digits VGGs (issue 17)"
@@ -129,20 +129,13 @@ def run_task(cfg: dict, task: dict, device, workdir: Path) -> list[dict]:
 
 def _geometry_rows(cfg: dict, net, device: str) -> list[dict]:
     """|kappa_max| per image of the smooth model (twin at cfg['beta'], or the softplus model) and the bracket ends."""
-    from geomexpl.geometry import logit, principal_curvatures
-    from geomexpl.nets import softplus_twin, unwrap
+    from geomexpl.nets import unwrap
     from theory_checks.theorem1.bracket import bound_columns, theorem_constant
 
-    x = images(cfg["dataset"], "test", device)[0]
-    first, _ = pairs(cfg["dataset"], cfg["n"], cfg["seed"], device)
-    x = x[first[: cfg["kappa_images"]]]
     relu, trained = unwrap(net)
-    beta = trained or cfg["beta"]
-    with torch.no_grad():
-        classes = net(x).argmax(1)
-    kappa, info = principal_curvatures(logit(softplus_twin(relu, beta), classes), x, k=1, method="torch", tol=1e-4)
-    kappa = kappa[:, 0].abs()
-    constants = theorem_constant(relu, tuple(x.shape[1:]))
+    beta = trained or cfg["beta"]  # a twin of a twin takes the new beta: the softplus model keeps its own
+    kappa, info = top_curvature(cfg, net, beta, device, cfg["dataset"])
+    constants = theorem_constant(relu, tuple(images(cfg["dataset"], "test", device)[0].shape[1:]))
     ends = bound_columns(float(kappa.max()), beta, float(info.grad_norm.min()), constants)
     return [{"example": i, "metric": "kappa_max", "value": k} for i, k in enumerate(kappa.tolist())] + [
         {"example": "", "metric": m, "value": v} for m, v in (
