@@ -135,8 +135,18 @@ def train(model: nn.Module, dataset: str, epochs: int = 30, lr: float = 2e-3, ba
 @torch.no_grad()
 def accuracy(model: nn.Module, dataset: str, split: str = "test", size: int | None = None) -> float:
     """Top-1 accuracy of ``model`` on a built-in split, evaluated on the model's device."""
-    x, y = (t.to(_device_of(model)) for t in data.load(dataset, split, size))
-    return float((model(x).argmax(1) == y).float().mean())
+    return accuracy_on(model, *data.load(dataset, split, size))
+
+
+@torch.no_grad()
+def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> float:
+    """Top-1 accuracy of ``model`` on images ``x`` with labels ``y``, moved to the model's device, in
+    batches of ``batch_size`` (None: one batch)."""
+    device = _device_of(model)
+    x, y = x.to(device), y.to(device)
+    size = batch_size or len(x)
+    correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(size), y.split(size)))
+    return correct / len(x)
 
 
 def _device_of(model: nn.Module) -> torch.device:

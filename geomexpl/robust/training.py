@@ -134,7 +134,9 @@ def finetune(model: nn.Module, dataset, defence: str, strength: float, *, epochs
     meta = {"defence": defence, "strength": strength, "epochs": epochs, "seed": seed, "lr": lr,
             "batch_size": batch_size, "probes": probes, "hessian_method": hessian_method, "h": h,
             "radius": radius, "kind": kind, "train_seconds": time.perf_counter() - start,
-            "test_accuracy": _accuracy(net, test), "train_loss": means[0],
+            "test_accuracy": None if test is None else weights.accuracy_on(net, test[0].to(x.dtype), test[1],
+                                                                            batch_size=512),
+            "train_loss": means[0],
             "penalty": means[1] if penalty_fn is not None else None, "size": int(x.shape[-1]),
             "dataset": dataset if isinstance(dataset, str) else None, "torch": str(torch.__version__),
             "device": device.type}
@@ -196,16 +198,6 @@ def _check_forward(net: nn.Module, x1: torch.Tensor, defence: str, hessian_metho
         raise ValueError(f"the {defence} defence cannot use this model: {err}") from None
     finally:
         net.train(was)
-
-
-@torch.no_grad()
-def _accuracy(model: nn.Module, test) -> float | None:
-    if test is None:
-        return None
-    param = next(model.parameters())
-    xt, yt = test[0].to(device=param.device, dtype=param.dtype), test[1].to(param.device)
-    correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(xt.split(512), yt.split(512)))
-    return correct / len(xt)
 
 
 DEFAULTS = {k: inspect.signature(finetune).parameters[k].default for k in OPTIONS}  # of the stored options
