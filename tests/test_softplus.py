@@ -131,3 +131,15 @@ def test_beta_schedule_is_geometric():
     torch.testing.assert_close(torch.tensor(betas), torch.tensor([10.0, 10 * 10**0.25, 10 * 10**0.5, 10 * 10**0.75]))
     with pytest.raises(ValueError):
         beta_schedule(0.0, 100.0, 10)
+
+
+def test_counting_relus_leaves_a_training_model_untouched():
+    """count_relus runs in eval mode: a model in training mode keeps its batch-norm statistics and its mode."""
+    from geomexpl.nets.softplus import count_relus
+
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Dropout(0.5), nn.Flatten()).train()
+    net[3].eval()  # a mixed state must come back as it was
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert count_relus(net, torch.randn(4, 1, 8, 8) * 5 + 3) == 1
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert [m.training for m in net.modules()] == [True, True, True, True, False, True]

@@ -21,6 +21,7 @@ CHECKS = {
     "theorem1": "theory_checks.theorem1",
     "theorem2": "theory_checks.theorem2",
     "curvature-vs-beta": "theory_checks.curvature_vs_beta",
+    "scale-224": "theory_checks.scale_224",
 }
 
 

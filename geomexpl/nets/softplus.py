@@ -125,10 +125,19 @@ class SoftplusTwin(nn.Module):
 
 
 def count_relus(model: nn.Module, x: torch.Tensor) -> int:
-    """How many ReLU spellings one forward pass of ``model`` on ``x`` computes (kinks raise)."""
+    """How many ReLU spellings one forward pass of ``model`` on ``x`` computes (kinks raise).
+
+    The pass runs in eval mode (each module's mode is restored after), so counting never updates a
+    batch-norm's running statistics or draws a dropout mask."""
     mode = _ReluAsSoftplus(1.0)
-    with torch.no_grad(), mode:
-        model(x)
+    training = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad(), mode:
+            model(x)
+    finally:
+        for module, flag in training.items():
+            module.train(flag)
     return mode.relus
 
 
