@@ -86,3 +86,16 @@ def test_run_reads_stored_tables_without_measuring(tmp_path, monkeypatch):
     result = scale_224.run(tmp_path, quick=False, seed=0)
     assert result.passed and [s.name for s in result.subchecks] == ["curvature_vs_beta_224", "theorem1_224"]
     assert (tmp_path / "theorem1-224" / "segment_ratios.png").stat().st_size > 0
+
+
+def test_report_command_adds_the_section_and_keeps_the_others(tmp_path, monkeypatch):
+    from theory_checks.report import CheckResult, SubCheck, read_run, write_run
+
+    other = CheckResult("theorem2", "t2", "s", [SubCheck("a", "m", {}, None, "r", True)])
+    write_run([other], tmp_path, dict(seed=0, quick=False, device="cpu", versions={}, checks=["theorem2"]))
+    fake = CheckResult(scale_224.NAME, "t", "s", [SubCheck("b", "m", {"x": 1.0}, None, "r", True)])
+    monkeypatch.setattr(scale_224, "run", lambda out, quick, seed: fake)
+    assert scale_224.main(["--report", str(tmp_path)]) == 0
+    results, config = read_run(tmp_path)
+    assert [r.name for r in results] == ["theorem2", scale_224.NAME] and config["checks"] == ["theorem2", "scale-224"]
+    assert "## scale-224" in (tmp_path / "report.md").read_text()

@@ -125,6 +125,20 @@ def _dump_json(path: Path, data) -> None:
     path.write_text(json.dumps(_plain(data), indent=2) + "\n")
 
 
+def replace_check(out_dir: Path, result: CheckResult, config: dict) -> None:
+    """Write ``result`` into the run at ``out_dir``: it replaces the check of its name (or is appended),
+    the other checks' sections are kept; ``config`` is the config of a new run (no results.json yet)."""
+    if (Path(out_dir) / "results.json").exists():
+        results, config = read_run(out_dir)
+        names = [r.name for r in results]
+        results = [result if r.name == result.name else r for r in results] + \
+                  ([] if result.name in names else [result])
+        config = {**config, "checks": list(dict.fromkeys([*config.get("checks", names), result.name]))}
+    else:
+        results = [result]
+    write_run(results, out_dir, config)
+
+
 def read_run(out_dir: Path) -> tuple[list[CheckResult], dict]:
     """The results and config of a run written by :func:`write_run` (to rewrite its report with one check replaced)."""
     raw = json.loads((Path(out_dir) / "results.json").read_text())

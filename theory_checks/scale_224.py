@@ -5,7 +5,8 @@
 Both parts are resumable: their tables under ``out_dir/curvature-224`` and ``out_dir/theorem1-224`` are
 read back where they exist, so the report of a run folder is re-made in seconds; measuring them anew
 takes hours on a 2-core CPU (their tables record the seconds). ``quick``: the same code on small inputs
-(VGG-16 at 32x32, AlexNet at 64x64, fewer curves), seconds.
+(VGG-16 at 32x32, AlexNet at 64x64, fewer curves), about a minute. ``python -m theory_checks.scale_224
+--report DIR`` writes this section into the theory-checks run DIR, keeping its other sections.
 """
 from __future__ import annotations
 
@@ -110,3 +111,26 @@ def run(out_dir: Path, quick: bool, seed: int) -> CheckResult:
     return CheckResult(NAME, "curvature and Theorem 1 at the paper's input size", summary_text, subchecks,
                        [f"curvature-224/{curv.CSV}", "curvature-224/curvature_vs_beta_224.png",
                         "theorem1-224/segment_ratios.png"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m theory_checks.scale_224 --report DIR``: this section into DIR's report, others kept."""
+    import argparse
+
+    from geomexpl.runs import environment
+    from theory_checks.report import replace_check
+
+    parser = argparse.ArgumentParser(prog="python -m theory_checks.scale_224", description=__doc__.split("\n")[0])
+    parser.add_argument("--report", type=Path, required=True, help="run folder of the theory checks")
+    parser.add_argument("--quick", action="store_true", help="small inputs (seconds)")
+    args = parser.parse_args(argv)
+    result = run(args.report, args.quick, 0)
+    replace_check(args.report, result, dict(environment(0, device="cpu", quick=args.quick), checks=[NAME]))
+    for sub in result.subchecks:
+        print(f"  {sub.status}  {sub.name}")
+    print(f"report: {args.report / 'report.md'}")
+    return 0 if result.passed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -87,16 +87,11 @@ def load_inputs(args) -> tuple[nn.Module, torch.Tensor]:
 def run_report(out: Path, quick: bool, seed: int, saved_only: bool = False) -> int:
     """The zoo report into ``out`` (resumable); an existing report.md keeps its other checks' sections."""
     from geomexpl.runs import environment
-    from theory_checks.report import read_run, write_run
+    from theory_checks.report import replace_check
     from theory_checks.theorem1.report import run
 
     result = run(out, quick, seed, saved_only=saved_only)
-    if (out / "results.json").exists():
-        results, config = read_run(out)
-        results = [result if r.name == result.name else r for r in results]
-    else:
-        results, config = [result], dict(environment(seed, device="cpu", quick=quick), checks=[result.name])
-    write_run(results, out, config)
+    replace_check(out, result, dict(environment(seed, device="cpu", quick=quick), checks=[result.name]))
     for sub in result.subchecks:
         print(f"  {sub.status}  {sub.name}")
     return 0 if result.passed else 1
