@@ -47,7 +47,7 @@ def test_measure_writes_tables_and_reads_them_back(tmp_path, monkeypatch):
 def _summary(passed=True) -> dict:
     counts = dict(segments=3, tests=3, informative=3, failed=0 if passed else 1, exempt=0, ratio_median=0.5,
                   ratio_p90=0.85, ratio_max=0.95)
-    return dict(config=theorem1_224.configuration(224), counts=counts, passed=passed, bracket={"lower": 0.1},
+    return dict(config=theorem1_224.configuration(224), counts=counts, passed=passed, bracket={"lower": 0.1, "upper_spectral": 3.0, "point_bound_violations": 0},
                 seconds=1.0, threads=1, notes=["one image", "constants: no spectral C~"])
 
 
@@ -69,7 +69,7 @@ def test_curvature_subcheck_needs_a_rising_median_and_converged_ritz_values():
     rising = {1.0: 0.01, 5.0: 0.03, 20.0: 0.08, 50.0: 0.1}
     sub = scale_224.curvature_subcheck(_rows(rising))
     assert sub.passed and sub.name == "curvature_vs_beta_224" and sub.numbers["seconds (all betas)"] == 8.0
-    assert sub.numbers["slope of log median |kappa_max| on log beta"] > 0
+    assert sub.numbers["slope of log median abs(kappa_max) on log beta"] > 0
     assert not scale_224.curvature_subcheck(_rows({**rising, 50.0: 0.07})).passed
     assert not scale_224.curvature_subcheck(_rows(rising, residual=20 * curv.TOL)).passed
 
@@ -99,3 +99,18 @@ def test_report_command_adds_the_section_and_keeps_the_others(tmp_path, monkeypa
     results, config = read_run(tmp_path)
     assert [r.name for r in results] == ["theorem2", scale_224.NAME] and config["checks"] == ["theorem2", "scale-224"]
     assert "## scale-224" in (tmp_path / "report.md").read_text()
+
+
+def test_committed_section_is_rederived_from_the_committed_tables(tmp_path):
+    """The scale-224 section of theory_checks/full_report comes from its stored tables, nothing measured."""
+    import shutil
+    from pathlib import Path
+    from theory_checks.report import read_run
+
+    committed = Path(__file__).resolve().parents[1] / "theory_checks" / "full_report"
+    for part in ("curvature-224", "theorem1-224"):
+        shutil.copytree(committed / part, tmp_path / part)
+    result = scale_224.run(tmp_path, quick=False, seed=0)
+    stored = next(r for r in read_run(committed)[0] if r.name == scale_224.NAME)
+    assert [(s.name, s.passed, s.numbers, s.explanation) for s in result.subchecks] == \
+        [(s.name, s.passed, s.numbers, s.explanation) for s in stored.subchecks]

@@ -10,6 +10,7 @@ takes hours on a 2-core CPU (their tables record the seconds). ``quick``: the sa
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -49,8 +50,8 @@ def curvature_subcheck(rows: list[dict]) -> SubCheck:
     rising = all(median[a] < median[b] for a, b in zip(betas, betas[1:]))
     side = int(round(math.sqrt(rows[0]["d"] / 3)))
     numbers = {"d": int(rows[0]["d"]), "images": len({r["image"] for r in rows}),
-               **{f"median |kappa_max| at beta={b:g}": median[b] for b in betas},
-               "slope of log median |kappa_max| on log beta": slopes["slope_all"],
+               **{f"median abs(kappa_max) at beta={b:g}": median[b] for b in betas},
+               "slope of log median abs(kappa_max) on log beta": slopes["slope_all"],
                "worst relative residual": worst, "HVPs per batch (max over beta)": int(max(r["hvps"] for r in rows)),
                "seconds (all betas)": sum({r["beta"]: r["batch_seconds"] for r in rows}.values())}
     return SubCheck(
@@ -67,7 +68,20 @@ def curvature_subcheck(rows: list[dict]) -> SubCheck:
         files=[f"curvature-224/{curv.CSV}"])
 
 
-def theorem1_subcheck(summary: dict, segments: list[dict]) -> SubCheck:
+def max_pool_note(folder: Path) -> str:
+    """What the same check says with AlexNet's max pools kept, from ``theorem1_224 --max-pools`` if stored."""
+    path = folder / "bracket.json"
+    if not path.exists():
+        return ""
+    stored = json.loads(path.read_text())
+    side, counts = stored["config"]["side"], stored["counts"]
+    return (f" With AlexNet's max pools kept (`{path.parent.name}/`, side {side}, curves of the same kinds), "
+            f"{counts['exempt']} of {counts['segments']} segments are EXEMPT: a pool's selection changes inside them "
+            f"({counts['pool_switches']} switches) and their ratio exceeds 1, so that net tests its pools, not the "
+            "theorem.")
+
+
+def theorem1_subcheck(summary: dict, segments: list[dict], note: str = "") -> SubCheck:
     config, counts = summary["config"], summary["counts"]
     tested = [r for r in segments if r["verdict"] in ("PASS", "FAIL") and r["informative"] in (True, "True")]
     would_fail = sum(r["ratio"] / (1 - INJECTED) > 1 for r in tested)
@@ -75,20 +89,24 @@ def theorem1_subcheck(summary: dict, segments: list[dict]) -> SubCheck:
                "informative tests": counts["informative"], "FAIL": counts["failed"], "EXEMPT": counts["exempt"],
                "ratio median": counts["ratio_median"], "ratio p90": counts["ratio_p90"],
                "ratio max": counts["ratio_max"], f"informative tests failed by a {INJECTED:.0%} low kappa": would_fail,
-               "sup |kappa| found (lower end)": summary["bracket"]["lower"], "seconds": summary["seconds"],
+               "sup abs(kappa) found (lower end)": summary["bracket"]["lower"],
+               "beta C~ / c, spectral (upper end)": summary["bracket"].get("upper_spectral", math.nan),
+               "points above beta C~ / norm(grad g)": summary["bracket"].get("point_bound_violations"),
+               "seconds": summary["seconds"],
                "torch threads": summary["threads"]}
     return SubCheck(
         name=f"theorem1_{config['side']}",
         measured=(f"AlexNet (torchvision layout, random weights, max pools replaced by average pools of the same "
                   f"geometry: Theorem 1 is for smooth nets) at {config['side']}x{config['side']}, float64 softplus twin "
                   f"at beta = {config['beta']:g}, one uniform random image: the per-segment test of Theorem 1 on a random "
-                  "curve and on tight and short segments at every scale, failing segments subdivided."),
+                  "curve and on tight and short segments at every scale, failing segments subdivided "
+                  f"({config['size'].get('refine_rounds', 3)} rounds here)."),
         numbers=numbers, tolerance=None, tolerance_rule=TOLERANCE_RULE,
         passed=bool(summary["passed"]),
         explanation=(f"Each ratio is |n(p_(i+1)) - n(p_i)| / (kappa_bar l); a curvature {INJECTED:.0%} too small "
                      f"divides the denominator by {1 - INJECTED:g}, so the tests with a ratio above {1 - INJECTED:g} are "
                      "the ones that error would fail (the check can fail). Bracket upper ends: "
-                     f"{'; '.join(n for n in summary['notes'] if n.startswith('constants')) or 'both C~ computed'}."),
+                     f"{'; '.join(n for n in summary['notes'] if n.startswith('constants')) or 'both C~ computed'}." + note),
         files=["theorem1-224/segments.csv", "theorem1-224/curves.csv", "theorem1-224/bracket.json"])
 
 
@@ -103,7 +121,7 @@ def run(out_dir: Path, quick: bool, seed: int) -> CheckResult:
     for row in segments:
         row["label"] = f"alexnet-{size['t1_side']}"
     ratios(segments, folder / "segment_ratios.png")
-    subchecks = [curvature_subcheck(rows), theorem1_subcheck(summary, segments)]
+    subchecks = [curvature_subcheck(rows), theorem1_subcheck(summary, segments, max_pool_note(folder / "max-pools-64"))]
     summary_text = (f"The paper's scale, d = {3 * size['side'] ** 2:,}: curvature against beta on VGG-16 and Theorem 1's "
                     f"per-segment test on AlexNet, both with random weights (no trained 224x224 weights exist here). "
                     "Tables are read back when present "
