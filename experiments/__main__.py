@@ -49,8 +49,9 @@ def main(argv=None) -> int:
         return 2
     if args.report_only:
         for name in names:
-            if (args.out / name / "config.json").is_file():
-                study(name).figures(load_run(name, args.out))
+            run = load_run(name, args.out) if (args.out / name / "config.json").is_file() else None
+            if run is not None and run.rows:  # a run that has started but finished no task has no figure yet
+                study(name).figures(run)
     report = args.report or (REPORT if "all" in args.studies and not args.quick else args.out / "REPORT.md")
     print(f"report: {write_report(args.out, names, report)}")
     return 0

@@ -378,6 +378,10 @@ def report_lines(out: Path, names) -> tuple[list[str], dict[str, list[str]]]:
         run = load_run(name, out)
         planned = len(study(name).tasks(run.cfg))
         done = len({r["task"] for r in run.rows})
+        if not done:
+            lines += [f"## {name}: {study(name).TITLE}", "", f"Run: {run.cfg.get('note', '')} Started, no task finished "
+                      f"yet (0 of {planned}): no claim can be checked.", ""]
+            continue
         lines += [f"## {name}: {study(name).TITLE}", "",
                   f"Run: {run.cfg.get('note', '')} Budget: {budget(run)}. Seed {run.cfg['seed']}"
                   f"{', QUICK mode (not a real result)' if run.cfg.get('quick') else ''}"

@@ -177,6 +177,16 @@ def test_a_changed_table_value_changes_the_derived_report(tmp_path):
     assert before != after
 
 
+def test_a_started_run_without_a_finished_task_is_reported_as_such(tmp_path):
+    """--report-only while a long run has written its config but no row yet: no crash, no claim, the task count."""
+    out = tmp_path / "results"
+    assert main(["supp_second_dataset", "--out", str(out), "--quick"]) == 0
+    (out / "supp_second_dataset" / "results.csv").unlink()
+    assert main(["supp_second_dataset", "--out", str(out), "--report-only"]) == 0
+    text = (out / "REPORT.md").read_text()
+    assert "Started, no task finished yet (0 of 1): no claim can be checked." in text and "| claim |" not in text
+
+
 def test_readme_training_times_and_accuracies_match_the_weight_files():
     """The README's zoo facts are read from the metadata stored in the bundled weight files."""
     import re
