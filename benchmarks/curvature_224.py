@@ -38,7 +38,7 @@ BETA, K, TOL = 10.0, 5, 1e-4
 SOLVERS = {"eigsh": dict(method="lanczos"), "torch": dict(method="torch"),
            "block": dict(method="torch", block=5)}
 SOLVE_CASES = [f"{s}-b{b}" for b in (1, 4) for s in SOLVERS] + ["eigsh-b1-float64"]
-CASES = ["hvp", "spectra"] + SOLVE_CASES + ["memory-b4", "spectrum", "precision"]
+CASES = ["hvp", "spectra"] + SOLVE_CASES + ["memory-b4", "spectrum", "precision", "precision-zoo"]
 MEMORY_PRODUCTS = 5
 
 
@@ -162,10 +162,31 @@ def precision_case() -> dict:
     return dict(precision=out)
 
 
+def zoo_precision_case() -> dict:
+    """The same float32-against-float64 ratio on the trained zoo nets (4 test images each), for contrast."""
+    import copy
+    from geomexpl import data, nets
+    from geomexpl.geometry import logit
+    from geomexpl.geometry.curvature import ShapeOperator
+    out = {}
+    for arch, dataset in (("vgg", "digits"), ("resnet", "digits"), ("vgg", "photos")):
+        model = nets.pretrained(arch, dataset, progress=False)
+        model64 = copy.deepcopy(model).double()
+        x = data.load(dataset, "test")[0][:4]
+        with torch.no_grad():
+            classes = model(x).argmax(1)
+        y = torch.randn(4, x[0].numel() - 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        for beta in (1.0, 10.0, 50.0):
+            ly32 = ShapeOperator(logit(nets.softplus_twin(model, beta), classes), x)(y)
+            ly64 = ShapeOperator(logit(nets.softplus_twin(model64, beta), classes), x.double())(y)
+            out[f"{arch}/{dataset}, beta {beta:g}"] = ((ly32 - ly64).norm(dim=1) / ly64.norm(dim=1)).tolist()
+    return dict(zoo_precision=out)
+
+
 def child(case: str) -> dict:
     torch.manual_seed(0)
     runners = {"hvp": hvp_case, "spectra": spectra_case, "memory-b4": lambda: memory_case(4),
-               "spectrum": spectrum_case, "precision": precision_case,
+               "spectrum": spectrum_case, "precision": precision_case, "precision-zoo": zoo_precision_case,
                "eigsh-b1-float64": lambda: solve_case("eigsh", 1, float64=True)}
     out = runners[case]() if case in runners else solve_case(case.split("-b")[0], int(case.split("-b")[1]))
     out.update(case=case, peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -247,6 +268,10 @@ def write(done: dict[str, dict]) -> None:
         for image, r in done["precision"]["precision"].items():
             lines.append(f"- {image}: float32 against float64 {r['float32_vs_float64']:.2g}; float32 at batch 4 against "
                          f"batch 1 {r['batch4_vs_batch1_float32']:.2g}")
+    if "precision-zoo" in done:
+        zoo = done["precision-zoo"]["zoo_precision"]
+        lines += ["", "The same float32-against-float64 ratio on the trained zoo nets (4 test images; min to max): " +
+                  "; ".join(f"{name} {min(v):.2g} to {max(v):.2g}" for name, v in zoo.items()) + "."]
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     merge_into_results(report)
 
