@@ -64,7 +64,9 @@ def curvature_subcheck(rows: list[dict]) -> SubCheck:
                         "beta, as the paper's bound beta C~ / |grad g| (eq. 15) and its beta-smoothing argument say."),
         passed=worst <= 10 * curv.TOL and rising,
         explanation=("The median rises with beta." if rising else "The median does NOT rise with beta.") +
-                    " The bound itself is not evaluated here (no C~ for a 224x224 VGG-16).",
+                    " The bound itself is not evaluated here (no C~ for a 224x224 VGG-16). The values are those of "
+                    "the float32 twin, whose Hessian products on these random weights are inexact: "
+                    "docs/curvature_solvers.md (Precision) measures how far its |kappa_max| is from float64's.",
         files=[f"curvature-224/{curv.CSV}"])
 
 

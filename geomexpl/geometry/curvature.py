@@ -120,6 +120,9 @@ def principal_curvatures(f: ScalarFunction, x: torch.Tensor, k: int = 6, which: 
     ``subspace`` = m Krylov vectors, default from k; ``block`` = p > 1: block Lanczos, for multiple
     eigenvalues, see docs/curvature_solvers.md); 'dense': full Hessian oracle, d <= max_dense_dim only.
     Every product reuses the first-order graph of grad f built once per call (exact: x is fixed).
+    Products run in x's dtype: a float32 network gives the curvatures to the accuracy of its float32
+    Hessian, which is poor where grad f is tiny (random weights: docs/curvature_solvers.md, Precision);
+    pass a float64 model and x for reference values.
     """
     check_tensor(x, "x", min_dim=1)
     if which not in WHICH:
