@@ -71,7 +71,7 @@ def test_photo_tasks_keep_the_64_keys_and_carry_the_size_in_the_key():
     keys = [t["task"] for t in photos.tasks(cfg)]
     assert "vgg/photos/lrp/table/0-4" in keys  # the keys of the finished 64x64 tasks are unchanged
     big = [t for t in photos.tasks(cfg) if t["size"] == 128]
-    assert {t["method"] for t in big} == {"gradient"} and len(big) == 8
+    assert {t["method"] for t in big} == {"gradient"} and len(big) == 2 * cfg["n"] // cfg["batch"]  # two rates
     assert photos.size_of({"task": big[0]["task"]}) == 128 and photos.size_of({"task": keys[0]}) == 64
 
 
