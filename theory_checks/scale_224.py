@@ -23,21 +23,14 @@ from theory_checks.theorem1.segments import TOLERANCE_RULE
 
 NAME = "scale-224"
 INJECTED = 0.2  # a curvature this much too small divides kappa_bar l by 1 - INJECTED
-QUICK = dict(side=32, images=1, betas=(1.0, 50.0), t1_side=64,
+QUICK = dict(side=32, images=1, betas=(1.0, 50.0), t1_side=t1.QUICK_SIDE,
              t1_size=dict(attack_steps=0, max_points=5, ascent_steps=0, refine_rounds=0, tight_scales=(0.1,)))
 FULL = dict(side=224, images=curv.IMAGES, betas=curv.BETAS, t1_side=224, t1_size=t1.SIZE)
 
 
 def curvature_rows(folder: Path, size: dict) -> list[dict]:
-    """The curvature-vs-beta rows (measured for the betas not yet in the folder's table)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / curv.CSV
-    missing = [b for b in size["betas"] if not any(r["beta"] == b for r in curv.read_rows(path))]
-    if missing:
-        model, x = curv.setup(size["side"], size["images"])
-        for beta in missing:
-            curv.append_rows(path, curv.beta_rows(model, x, beta))
-    rows = [r for r in curv.read_rows(path) if r["beta"] in size["betas"]]
+    """The curvature-vs-beta rows (measured for the betas not yet in the folder's table), with its section."""
+    rows = curv.measure(folder, size["betas"], size["side"], size["images"])
     curv.write_section(folder, rows)
     return rows
 
