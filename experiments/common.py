@@ -372,18 +372,18 @@ def report_lines(out: Path, names) -> tuple[list[str], dict[str, list[str]]]:
     tally = dict.fromkeys(VERDICTS, 0)
     shown: dict[str, list[str]] = {}
     for name in names:
+        lines += [f"## {name}: {study(name).TITLE}", ""]
         if not (Path(out) / name / "config.json").is_file():
-            lines += [f"## {name}: {study(name).TITLE}", "", f"Not run: no table under `{out}`.", ""]
+            lines += [f"Not run: no table under `{out}`.", ""]
             continue
         run = load_run(name, out)
         planned = len(study(name).tasks(run.cfg))
         done = len({r["task"] for r in run.rows})
         if not done:
-            lines += [f"## {name}: {study(name).TITLE}", "", f"Run: {run.cfg.get('note', '')} Started, no task finished "
-                      f"yet (0 of {planned}): no claim can be checked.", ""]
+            lines += [f"Run: {run.cfg.get('note', '')} Started, no task finished yet (0 of {planned}): no claim can "
+                      "be checked.", ""]
             continue
-        lines += [f"## {name}: {study(name).TITLE}", "",
-                  f"Run: {run.cfg.get('note', '')} Budget: {budget(run)}. Seed {run.cfg['seed']}"
+        lines += [f"Run: {run.cfg.get('note', '')} Budget: {budget(run)}. Seed {run.cfg['seed']}"
                   f"{', QUICK mode (not a real result)' if run.cfg.get('quick') else ''}"
                   f"{'' if done == planned else f'; PARTIAL: {done} of {planned} tasks finished'}.", "",
                   "| claim | paper | ours | verdict | reason |", "|---|---|---|---|---|"]
